@@ -1,0 +1,11 @@
+//! Kiln's controller: the service that checks, queues, launches and relays
+//! executions, and the `kiln` CLI on top of it.
+//!
+//! One execution flows through these modules in order:
+//!
+//! ```text
+//! user/web → api → intake (recipe::check) → store → queue → launcher → sandbox (bollard)
+//!   → container: sandbox-agent → link ──protocol──▶ agent_link → relay → store + user WS
+//! ```
+
+pub mod sandbox;

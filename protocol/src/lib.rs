@@ -1,0 +1,1 @@
+//! Wire protocol between the sandbox agent and the controller.

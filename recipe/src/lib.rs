@@ -1,0 +1,8 @@
+//! The recipe language: load, check and run Amplifier-format recipes.
+//!
+//! This crate is the pure core of Kiln. It does no process, file or network
+//! I/O: the controller uses it to check a recipe before anything runs, and the
+//! sandbox agent uses it to run the recipe, supplying real step runners.
+//!
+//! Pipeline: YAML text → [`load`] (typed model + diagnostics) → [`validate`]
+//! (cross-step checks) → [`engine`] (drives a [`runner::StepRunner`]).

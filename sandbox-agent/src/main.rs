@@ -1,0 +1,2 @@
+//! kiln-agent: see lib docs.
+fn main() {}
