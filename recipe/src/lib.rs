@@ -6,3 +6,9 @@
 //!
 //! Pipeline: YAML text → [`load`] (typed model + diagnostics) → [`validate`]
 //! (cross-step checks) → [`engine`] (drives a [`runner::StepRunner`]).
+
+pub mod diagnostic;
+pub mod model;
+pub mod expr;
+pub mod extract;
+pub mod template;
