@@ -12,3 +12,4 @@ pub mod model;
 pub mod expr;
 pub mod extract;
 pub mod template;
+pub mod load;
