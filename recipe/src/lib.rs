@@ -13,3 +13,6 @@ pub mod expr;
 pub mod extract;
 pub mod template;
 pub mod load;
+pub mod check;
+pub mod validate;
+pub use check::{CheckOptions, Checked, check};
