@@ -8,4 +8,6 @@
 //!   → container: sandbox-agent → link ──protocol──▶ agent_link → relay → store + user WS
 //! ```
 
+pub mod launcher;
+pub mod relay;
 pub mod sandbox;
