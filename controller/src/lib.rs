@@ -10,4 +10,6 @@
 
 pub mod launcher;
 pub mod relay;
+pub mod config;
 pub mod sandbox;
+pub mod store;
