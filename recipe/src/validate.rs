@@ -492,6 +492,12 @@ impl Validator<'_, '_, '_> {
                 for update in &while_loop.update_context {
                     inner.add(&update.name);
                 }
+                // From the second iteration on, the body's outputs exist too.
+                let mut body_outputs = Vec::new();
+                collect_outputs(&step.body, &mut body_outputs);
+                for name in body_outputs {
+                    inner.add(name);
+                }
                 let cond_path = at("while_condition");
                 if !while_loop.condition.trim().eq_ignore_ascii_case("true") {
                     if template::placeholders(&while_loop.condition).is_empty() {
@@ -705,7 +711,7 @@ impl Validator<'_, '_, '_> {
                     "expression-syntax",
                     path,
                     pos.inner(start, end),
-                    format!("invalid {what} expression: {}", error.message),
+                    format!("{what}: {}", error.message),
                 );
             }
             Ok(parsed) => {
@@ -805,5 +811,19 @@ fn collect_ids<'a>(steps: &[&'a Step], out: &mut Vec<&'a str>) {
         out.push(&step.id);
         let children: Vec<&Step> = step.body.iter().collect();
         collect_ids(&children, out);
+    }
+}
+
+/// Names written by `steps` (and their nested bodies): outputs, collects, exit codes.
+fn collect_outputs<'a>(steps: &'a [Step], out: &mut Vec<&'a str>) {
+    for step in steps {
+        out.extend(step.output.as_deref());
+        if let Some(Loop::Foreach(foreach)) = &step.looping {
+            out.extend(foreach.collect.as_deref());
+        }
+        if let StepKind::Bash(bash) = &step.kind {
+            out.extend(bash.output_exit_code.as_deref());
+        }
+        collect_outputs(&step.body, out);
     }
 }
