@@ -736,14 +736,8 @@ fn load_step(w: &mut Walker<'_, '_>, node: &Node, path: &str) -> Option<Step> {
         }
     };
     if !matches!(kind, StepKind::Agent(_)) {
-        for key in [
-            "provider",
-            "model",
-            "provider_preferences",
-            "model_role",
-            "agent_config",
-        ] {
-            if fields.has(key) && !(key == "agent_config" && matches!(kind, StepKind::Recipe(_))) {
+        for key in ["provider", "model", "provider_preferences", "model_role"] {
+            if fields.has(key) {
                 w.sink.error(
                     "forbidden-field",
                     &cx.at(key),
@@ -756,6 +750,17 @@ fn load_step(w: &mut Walker<'_, '_>, node: &Node, path: &str) -> Option<Step> {
                 );
             }
         }
+    }
+    if matches!(kind, StepKind::Recipe(_)) && fields.has("agent_config") {
+        w.sink.warning(
+            "ignored-field",
+            &cx.at("agent_config"),
+            cx.span_of("agent_config"),
+            format!(
+                "{}: 'agent_config' only applies to agent steps and is ignored on recipe steps",
+                cx.label
+            ),
+        );
     }
     Some(Step {
         id,
