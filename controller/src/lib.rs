@@ -8,8 +8,10 @@
 //!   → container: sandbox-agent → link ──protocol──▶ agent_link → relay → store + user WS
 //! ```
 
+pub mod agent_link;
+pub mod config;
+pub mod intake;
 pub mod launcher;
 pub mod relay;
-pub mod config;
 pub mod sandbox;
 pub mod store;
