@@ -8,7 +8,6 @@
 //!   → container: sandbox-agent → link ──protocol──▶ agent_link → relay → store + user WS
 //! ```
 
-pub mod agent_link;
 pub mod config;
 pub mod intake;
 pub mod launcher;
