@@ -9,6 +9,7 @@
 //! - `verdict`: pure mapping from what was observed to the final status.
 
 pub mod docker;
+pub mod image;
 pub mod profile;
 pub mod reaper;
 pub mod usage;

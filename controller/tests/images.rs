@@ -1,0 +1,725 @@
+//! Runtime images and the seccomp profile against the real Docker daemon.
+//!
+//! - the seccomp profile (`runtime-image/seccomp/kiln.json`) is well-formed data;
+//! - kiln-minimal is under 5 MB, and building twice reuses the image;
+//! - a fresh build (unique inputs) really builds, then is reused;
+//! - kiln-probe under a hardened container with Kiln's profile gets the exact
+//!   errno of every rule, while Docker's default profile allows io_uring,
+//!   AF_VSOCK and ia32 syscalls (so the custom profile is what closes them);
+//! - kiln-standard has the tools real recipes need.
+//!
+//! Inputs come from the environment that xtask sets (`KILN_AGENT_BINARY`,
+//! `KILN_PROBE_BINARY`, `KILN_RUNTIME_IMAGE_DIR`), with checkout defaults.
+//! Every container a test creates is labelled `kiln.test=<unique>` and removed
+//! on drop, even when the test fails. The cached kiln images stay.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveImageOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use controller::sandbox::image::{
+    INPUTS_HASH_LABEL, ImageInputs, ImageKind, ensure_image, ensure_image_with_progress,
+};
+use futures::StreamExt;
+
+/// Serialises image builds between the tests of this binary: two parallel
+/// builds of the same inputs would both build.
+static BUILD_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const STEP_UID: u32 = 200_001;
+const WORK_BYTES: u64 = 32 * 1024 * 1024;
+
+fn checkout() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn runtime_image_dir() -> PathBuf {
+    std::env::var_os("KILN_RUNTIME_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| checkout().join("runtime-image"))
+}
+
+fn agent_binary() -> PathBuf {
+    let path = std::env::var_os("KILN_AGENT_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| checkout().join("target/x86_64-unknown-linux-gnu/release/kiln-agent"));
+    assert!(
+        path.is_file(),
+        "no static agent at {} (run `cargo xtask build-agent` or set KILN_AGENT_BINARY)",
+        path.display()
+    );
+    path
+}
+
+/// The static probe: `KILN_PROBE_BINARY`, or compiled here with gcc.
+fn probe_binary() -> PathBuf {
+    static PROBE: OnceLock<PathBuf> = OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            if let Some(path) = std::env::var_os("KILN_PROBE_BINARY") {
+                return PathBuf::from(path);
+            }
+            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiln-probe");
+            let status = std::process::Command::new("sh")
+                .arg(runtime_image_dir().join("probe/build.sh"))
+                .arg(&out)
+                .status()
+                .expect("run runtime-image/probe/build.sh (is gcc installed?)");
+            assert!(status.success(), "building the probe failed: {status}");
+            out
+        })
+        .clone()
+}
+
+fn inputs() -> ImageInputs {
+    ImageInputs::new(agent_binary(), runtime_image_dir()).with_probe(probe_binary())
+}
+
+async fn docker() -> Docker {
+    let docker = Docker::connect_with_local_defaults().expect("connect to dockerd");
+    docker
+        .negotiate_version()
+        .await
+        .expect("dockerd must be running for this test (run deploy/host-setup.sh)")
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+/// Removes containers and images on drop (the test may have panicked).
+struct Cleanup {
+    containers: Vec<String>,
+    images: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let containers = std::mem::take(&mut self.containers);
+        let images = std::mem::take(&mut self.images);
+        // Drop cannot await; a fresh runtime on its own thread can.
+        let cleaner = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            runtime.block_on(async {
+                let docker = docker().await;
+                for id in containers {
+                    let options = RemoveContainerOptionsBuilder::new()
+                        .force(true)
+                        .v(true)
+                        .build();
+                    let _ = docker.remove_container(&id, Some(options)).await;
+                }
+                for image in images {
+                    let options = RemoveImageOptionsBuilder::new().force(true).build();
+                    let _ = docker.remove_image(&image, Some(options), None).await;
+                }
+            });
+        });
+        let _ = cleaner.join();
+    }
+}
+
+/// Which seccomp profile a probe container runs under.
+enum Seccomp {
+    Kiln,
+    DockerDefault,
+}
+
+/// Runs `/kiln/kiln-probe <args>` in a hardened container and returns its output.
+async fn run_probe(
+    docker: &Docker,
+    image: &str,
+    seccomp: Seccomp,
+    args: &[&str],
+    cleanup: &mut Cleanup,
+) -> String {
+    let mut command = vec!["/kiln/kiln-probe"];
+    command.extend_from_slice(args);
+    run_hardened(docker, image, seccomp, &command, cleanup).await
+}
+
+/// Runs `command` as the entrypoint of a hardened container (as the sandbox
+/// profile does: step uid, no caps, no-new-privileges, read-only rootfs,
+/// network none, tmpfs /work and /tmp, memory and pids limits), asserts that
+/// it exits 0 and returns its stdout and stderr.
+async fn run_hardened(
+    docker: &Docker,
+    image: &str,
+    seccomp: Seccomp,
+    command: &[&str],
+    cleanup: &mut Cleanup,
+) -> String {
+    let test_label = unique("images");
+    let mut security_opt = vec!["no-new-privileges:true".to_owned()];
+    if let Seccomp::Kiln = seccomp {
+        let profile = std::fs::read_to_string(runtime_image_dir().join("seccomp/kiln.json"))
+            .expect("read seccomp/kiln.json");
+        security_opt.push(format!("seccomp={profile}"));
+    }
+    let host_config = HostConfig {
+        network_mode: Some("none".to_owned()),
+        readonly_rootfs: Some(true),
+        cap_drop: Some(vec!["ALL".to_owned()]),
+        security_opt: Some(security_opt),
+        tmpfs: Some(HashMap::from([
+            (
+                "/work".to_owned(),
+                format!(
+                    "rw,exec,nosuid,nodev,size={WORK_BYTES},mode=0700,uid={STEP_UID},gid={STEP_UID}"
+                ),
+            ),
+            (
+                "/tmp".to_owned(),
+                "rw,noexec,nosuid,nodev,size=16m,mode=1777".to_owned(),
+            ),
+        ])),
+        memory: Some(256 * 1024 * 1024),
+        memory_swap: Some(256 * 1024 * 1024),
+        pids_limit: Some(128),
+        // The daemon's default log driver is `none`; this test reads the
+        // probe's few KB of output back through the logs.
+        log_config: Some(bollard::models::HostConfigLogConfig {
+            typ: Some("json-file".to_owned()),
+            config: Some(HashMap::from([("max-size".to_owned(), "1m".to_owned())])),
+        }),
+        ..Default::default()
+    };
+    let body = ContainerCreateBody {
+        image: Some(image.to_owned()),
+        user: Some(format!("{STEP_UID}:{STEP_UID}")),
+        entrypoint: Some(command.iter().map(|part| (*part).to_owned()).collect()),
+        env: Some(vec![
+            "PATH=/usr/local/bin:/usr/bin:/bin".to_owned(),
+            "HOME=/work".to_owned(),
+            "LANG=C.UTF-8".to_owned(),
+        ]),
+        working_dir: Some("/work".to_owned()),
+        network_disabled: Some(true),
+        labels: Some(HashMap::from([(
+            "kiln.test".to_owned(),
+            test_label.clone(),
+        )])),
+        host_config: Some(host_config),
+        ..Default::default()
+    };
+    let options = CreateContainerOptionsBuilder::new()
+        .name(&test_label)
+        .build();
+    let created = docker
+        .create_container(Some(options), body)
+        .await
+        .expect("create test container");
+    cleanup.containers.push(created.id.clone());
+    docker
+        .start_container(
+            &created.id,
+            None::<bollard::query_parameters::StartContainerOptions>,
+        )
+        .await
+        .expect("start test container");
+    let wait = async {
+        let mut stream = docker.wait_container(
+            &created.id,
+            Some(
+                WaitContainerOptionsBuilder::new()
+                    .condition("not-running")
+                    .build(),
+            ),
+        );
+        let mut exit_code = None;
+        while let Some(item) = stream.next().await {
+            exit_code = Some(match item {
+                Ok(response) => response.status_code,
+                Err(bollard::errors::Error::DockerContainerWaitError { code, .. }) => code,
+                Err(error) => panic!("wait for test container: {error}"),
+            });
+        }
+        exit_code
+    };
+    let exit_code = tokio::time::timeout(Duration::from_secs(120), wait)
+        .await
+        .expect("test container finished within 120 s");
+    assert_eq!(exit_code, Some(0), "exit code of {command:?}");
+    let mut logs = docker.logs(
+        &created.id,
+        Some(LogsOptionsBuilder::new().stdout(true).stderr(true).build()),
+    );
+    let mut output = String::new();
+    while let Some(chunk) = logs.next().await {
+        output.push_str(&chunk.expect("read container logs").to_string());
+    }
+    output
+}
+
+/// `check <name> <outcome>` and `info <name> <value>` lines, by name.
+fn parse_probe(output: &str) -> BTreeMap<String, String> {
+    let mut lines = BTreeMap::new();
+    for line in output.lines() {
+        let mut parts = line.splitn(3, ' ');
+        let (Some(kind), Some(name), Some(value)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if kind == "check" || kind == "info" {
+            lines.insert(name.to_owned(), value.to_owned());
+        }
+    }
+    lines
+}
+
+fn assert_outcomes(results: &BTreeMap<String, String>, expected: &[(&str, &str)], profile: &str) {
+    let mut wrong = Vec::new();
+    for (name, outcome) in expected {
+        match results.get(*name) {
+            Some(actual) if actual == outcome => {}
+            actual => wrong.push(format!("{name}: expected {outcome}, got {actual:?}")),
+        }
+    }
+    assert!(wrong.is_empty(), "under {profile}:\n{}", wrong.join("\n"));
+}
+
+// ---------------------------------------------------------------------------
+
+/// Names that Kiln's profile denies outright; none may appear in an allow rule.
+const KILN_DENIED: &[&str] = &[
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "socketcall",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "kcmp",
+    "pidfd_getfd",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "open_tree",
+    "move_mount",
+    "mount_setattr",
+    "name_to_handle_at",
+];
+
+#[test]
+fn seccomp_profile_is_commented_data_that_denies_what_it_says() {
+    let text = std::fs::read_to_string(runtime_image_dir().join("seccomp/kiln.json")).unwrap();
+    let profile: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(profile["defaultAction"], "SCMP_ACT_ERRNO");
+    assert_eq!(profile["defaultErrnoRet"], 1);
+    assert_eq!(
+        profile["architectures"],
+        serde_json::json!(["SCMP_ARCH_X86_64"])
+    );
+    assert!(
+        profile.get("archMap").is_none(),
+        "archMap would re-add x86/x32"
+    );
+    let rules = profile["syscalls"].as_array().unwrap();
+    let mut socket_families = Vec::new();
+    for rule in rules {
+        let comment = rule["comment"].as_str().unwrap_or("");
+        assert!(comment.len() > 20, "rule without a real comment: {rule}");
+        assert!(
+            rule.get("includes").is_none() && rule.get("excludes").is_none(),
+            "{rule}"
+        );
+        let names: Vec<&str> = rule["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap())
+            .collect();
+        if rule["action"] == "SCMP_ACT_ALLOW" {
+            for denied in KILN_DENIED {
+                assert!(!names.contains(denied), "{denied} is allowed by {rule}");
+            }
+            if names.contains(&"socket") {
+                let args = rule["args"]
+                    .as_array()
+                    .expect("socket is only allowed with argument checks");
+                assert_eq!(args[0]["index"], 0);
+                assert_eq!(args[0]["op"], "SCMP_CMP_EQ");
+                socket_families.push(args[0]["value"].as_u64().unwrap());
+                if args[0]["value"] == 16 {
+                    assert_eq!(
+                        args[1],
+                        serde_json::json!({"index": 2, "value": 0, "op": "SCMP_CMP_EQ"})
+                    );
+                } else {
+                    assert_eq!(args.len(), 1);
+                }
+            }
+        }
+    }
+    assert_eq!(
+        socket_families,
+        vec![1, 2, 10, 16],
+        "AF_UNIX, AF_INET, AF_INET6, AF_NETLINK(route)"
+    );
+    for denied in KILN_DENIED {
+        let explicit = rules.iter().any(|rule| {
+            rule["action"] == "SCMP_ACT_ERRNO"
+                && rule["errnoRet"] == 1
+                && rule["names"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|name| name == denied)
+        });
+        assert!(explicit, "{denied} has no explicit, commented EPERM rule");
+    }
+}
+
+#[tokio::test]
+async fn minimal_image_is_under_5_mb_and_reused_when_unchanged() {
+    let docker = docker().await;
+    let _guard = BUILD_LOCK.lock().await;
+    let inputs = inputs();
+    let first = ensure_image(&docker, ImageKind::Minimal, &inputs)
+        .await
+        .unwrap();
+    let second = ensure_image(&docker, ImageKind::Minimal, &inputs)
+        .await
+        .unwrap();
+    assert!(second.reused, "second ensure_image must reuse the image");
+    assert_eq!(second.id, first.id);
+    assert_eq!(second.tag, first.tag);
+    assert_eq!(
+        first.tag,
+        format!("kiln-minimal:{}", &first.inputs_hash[..12])
+    );
+    let inspected = docker.inspect_image(&first.tag).await.unwrap();
+    assert_eq!(inspected.id.as_deref(), Some(first.id.as_str()));
+    let size = inspected.size.unwrap();
+    assert!(size < 5_000_000, "kiln-minimal is {size} bytes");
+    let labels = inspected.config.unwrap().labels.unwrap();
+    assert_eq!(labels.get(INPUTS_HASH_LABEL), Some(&first.inputs_hash));
+    assert_eq!(
+        labels.get("kiln.image").map(String::as_str),
+        Some("minimal")
+    );
+    let latest = docker.inspect_image("kiln-minimal:latest").await.unwrap();
+    assert_eq!(latest.id.as_deref(), Some(first.id.as_str()));
+}
+
+/// A Dockerfile no other run has seen forces a real build; the next call
+/// reuses it. The test image is labelled kiln.test and removed.
+#[tokio::test]
+async fn fresh_inputs_build_once_then_reuse() {
+    let docker = docker().await;
+    let _guard = BUILD_LOCK.lock().await;
+    let test_label = unique("images-fresh");
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = dir.path().join("runtime-image");
+    std::fs::create_dir_all(runtime.join("minimal")).unwrap();
+    for file in ["Dockerfile", "passwd", "group"] {
+        std::fs::copy(
+            runtime_image_dir().join("minimal").join(file),
+            runtime.join("minimal").join(file),
+        )
+        .unwrap();
+    }
+    let dockerfile = runtime.join("minimal/Dockerfile");
+    let mut text = std::fs::read_to_string(&dockerfile).unwrap();
+    text.push_str(&format!("LABEL kiln.test={test_label}\n"));
+    std::fs::write(&dockerfile, text).unwrap();
+    let inputs = ImageInputs::new(agent_binary(), &runtime);
+
+    let mut progress = Vec::new();
+    let built =
+        ensure_image_with_progress(&docker, ImageKind::Minimal, &inputs, &mut |line: &str| {
+            progress.push(line.to_owned())
+        })
+        .await
+        .unwrap();
+    let _cleanup = Cleanup {
+        containers: Vec::new(),
+        images: vec![built.id.clone()],
+    };
+    assert!(!built.reused, "unique inputs must be built: {progress:#?}");
+    assert_eq!(
+        progress.first().map(String::as_str),
+        Some(format!("kiln-minimal: building {}", built.tag).as_str())
+    );
+    assert!(
+        progress.iter().any(|line| line.contains("Step 1/")),
+        "build output is reported: {progress:#?}"
+    );
+    assert_eq!(
+        progress.last().map(String::as_str),
+        Some(format!("kiln-minimal: built {} ({})", built.tag, built.id).as_str())
+    );
+
+    let again = ensure_image(&docker, ImageKind::Minimal, &inputs)
+        .await
+        .unwrap();
+    assert!(again.reused);
+    assert_eq!(again.id, built.id);
+    let labels = docker
+        .inspect_image(&built.id)
+        .await
+        .unwrap()
+        .config
+        .unwrap()
+        .labels
+        .unwrap();
+    assert_eq!(labels.get("kiln.test"), Some(&test_label));
+    // `latest` moved to the test image; put it back on the real inputs' image.
+    ensure_image(&docker, ImageKind::Minimal, &self::inputs())
+        .await
+        .unwrap();
+}
+
+/// Expected outcomes of `kiln-probe seccomp net abi` under Kiln's profile, as
+/// the step uid with no capabilities (catalogue rows 17-22, 31-33).
+const KILN_PROFILE_OUTCOMES: &[(&str, &str)] = &[
+    // Kiln's additions to Docker's default.
+    ("io_uring_setup", "errno=EPERM"),
+    ("io_uring_enter", "errno=EPERM"),
+    ("io_uring_register", "errno=EPERM"),
+    ("socket.vsock", "errno=EPERM"),
+    ("socket.alg", "errno=EPERM"),
+    ("socket.packet", "errno=EPERM"),
+    ("socket.bluetooth", "errno=EPERM"),
+    ("socket.xdp", "errno=EPERM"),
+    ("socket.key", "errno=EPERM"),
+    ("socket.tipc", "errno=EPERM"),
+    ("socket.rds", "errno=EPERM"),
+    ("socket.netlink_netfilter", "errno=EPERM"),
+    ("socket.netlink_audit", "errno=EPERM"),
+    ("socket.netlink_uevent", "errno=EPERM"),
+    ("ptrace.traceme", "errno=EPERM"),
+    ("ptrace.attach_child", "errno=EPERM"),
+    ("process_vm_readv", "errno=EPERM"),
+    ("process_vm_writev", "errno=EPERM"),
+    ("kcmp", "errno=EPERM"),
+    ("pidfd_getfd", "errno=EPERM"),
+    ("name_to_handle_at", "errno=EPERM"),
+    ("fsopen", "errno=EPERM"),
+    ("fsconfig", "errno=EPERM"),
+    ("fsmount", "errno=EPERM"),
+    ("fspick", "errno=EPERM"),
+    ("open_tree", "errno=EPERM"),
+    ("move_mount", "errno=EPERM"),
+    ("mount_setattr", "errno=EPERM"),
+    ("ia32.getpid", "killed=SIGSYS"),
+    ("ia32.unshare", "killed=SIGSYS"),
+    ("ia32.keyctl", "killed=SIGSYS"),
+    ("ia32.setuid32", "killed=SIGSYS"),
+    ("ia32.socketcall", "killed=SIGSYS"),
+    ("ia32.io_uring_setup", "killed=SIGSYS"),
+    ("x32.getpid", "killed=SIGSYS"),
+    ("x32.unshare", "killed=SIGSYS"),
+    // Still allowed: what ordinary programs need.
+    ("socket.unix", "ok"),
+    ("socket.inet", "ok"),
+    ("socket.inet6", "ok"),
+    ("socket.netlink_route", "ok"),
+    ("tcp.loopback_port_9", "errno=ECONNREFUSED"),
+    ("memfd_create", "ok"),
+    // Unknown syscalls: runc answers ENOSYS; clone3 is ENOSYS by rule.
+    ("syscall_1000", "errno=ENOSYS"),
+    ("clone3", "errno=ENOSYS"),
+    // Denied by Docker's default too (and by the dropped capabilities).
+    ("socket.inet_raw", "errno=EPERM"),
+    ("keyctl", "errno=EPERM"),
+    ("add_key", "errno=EPERM"),
+    ("request_key", "errno=EPERM"),
+    ("bpf", "errno=EPERM"),
+    ("perf_event_open", "errno=EPERM"),
+    ("userfaultfd", "errno=EPERM"),
+    ("unshare.newuser", "errno=EPERM"),
+    ("unshare.newns", "errno=EPERM"),
+    ("unshare.newnet", "errno=EPERM"),
+    ("clone.newuser", "errno=EPERM"),
+    ("setns", "errno=EPERM"),
+    ("mount.tmpfs", "errno=EPERM"),
+    ("mount.remount_root", "errno=EPERM"),
+    ("umount2", "errno=EPERM"),
+    ("pivot_root", "errno=EPERM"),
+    ("chroot", "errno=EPERM"),
+    ("mknod.char_mem", "errno=EPERM"),
+    ("init_module", "errno=EPERM"),
+    ("finit_module", "errno=EPERM"),
+    ("delete_module", "errno=EPERM"),
+    ("kexec_load", "errno=EPERM"),
+    ("kexec_file_load", "errno=EPERM"),
+    ("reboot", "errno=EPERM"),
+    ("clock_settime", "errno=EPERM"),
+    ("settimeofday", "errno=EPERM"),
+    ("adjtimex.set", "errno=EPERM"),
+    ("sethostname", "errno=EPERM"),
+    ("setdomainname", "errno=EPERM"),
+    ("syslog", "errno=EPERM"),
+    ("iopl", "errno=EPERM"),
+    ("ioperm", "errno=EPERM"),
+    ("swapon", "errno=EPERM"),
+    ("swapoff", "errno=EPERM"),
+    ("acct", "errno=EPERM"),
+    ("open_by_handle_at", "errno=EPERM"),
+    ("fanotify_init", "errno=EPERM"),
+    ("quotactl", "errno=EPERM"),
+    ("lookup_dcookie", "errno=EPERM"),
+    ("personality.addr_no_randomize", "errno=EPERM"),
+    ("setuid0", "errno=EPERM"),
+    ("setgid0", "errno=EPERM"),
+    ("setgroups", "errno=EPERM"),
+];
+
+/// Under Docker's own default profile (same user, caps and flags), these are
+/// allowed: the proof that Kiln's profile is what closes them.
+const DOCKER_DEFAULT_OUTCOMES: &[(&str, &str)] = &[
+    ("io_uring_setup", "ok"),
+    ("socket.vsock", "ok"),
+    ("socket.netlink_netfilter", "ok"),
+    ("ptrace.traceme", "ok"),
+    ("ptrace.attach_child", "ok"),
+    ("ia32.getpid", "ok"),
+    // ... while the classic denials hold there too.
+    ("keyctl", "errno=EPERM"),
+    ("unshare.newuser", "errno=EPERM"),
+    ("fsopen", "errno=EPERM"),
+];
+
+#[tokio::test]
+async fn probe_gets_the_exact_errno_of_every_rule_of_kilns_profile() {
+    let docker = docker().await;
+    let image = {
+        let _guard = BUILD_LOCK.lock().await;
+        ensure_image(&docker, ImageKind::Probe, &inputs())
+            .await
+            .unwrap()
+    };
+    let mut cleanup = Cleanup {
+        containers: Vec::new(),
+        images: Vec::new(),
+    };
+
+    let kiln = run_probe(&docker, &image.tag, Seccomp::Kiln, &["all"], &mut cleanup).await;
+    let results = parse_probe(&kiln);
+    assert_outcomes(&results, KILN_PROFILE_OUTCOMES, "Kiln's profile");
+    // Every syscall attempt the probe makes has an asserted outcome here.
+    let seccomp_checks = run_probe(
+        &docker,
+        &image.tag,
+        Seccomp::Kiln,
+        &["seccomp"],
+        &mut cleanup,
+    )
+    .await;
+    for name in parse_probe(&seccomp_checks).keys() {
+        assert!(
+            KILN_PROFILE_OUTCOMES
+                .iter()
+                .any(|(expected, _)| expected == name),
+            "probe check {name} has no expected outcome"
+        );
+    }
+    // The hardened container itself, as the probe sees it.
+    assert_outcomes(
+        &results,
+        &[
+            ("uid", "200001"),
+            ("gid", "200001"),
+            ("CapEff", "0000000000000000"),
+            ("CapPrm", "0000000000000000"),
+            ("NoNewPrivs", "1"),
+            ("Seccomp", "2"),
+            ("interfaces", "lo"),
+            ("rootfs.create", "errno=EROFS"),
+            ("rootfs.mkdir", "errno=EROFS"),
+            ("stat./work", "mode=0700 uid=200001 gid=200001"),
+            ("cgroup.pids.max", "128"),
+            ("cgroup.memory.limit", "268435456"),
+        ],
+        "the hardened test container",
+    );
+    let work = results.get("statfs./work").unwrap();
+    assert!(
+        work.starts_with(&format!("bytes={WORK_BYTES} type=0x1021994 ro=0 noexec=0")),
+        "{work}"
+    );
+    let tmp = results.get("statfs./tmp").unwrap();
+    assert!(
+        tmp.starts_with("bytes=16777216 type=0x1021994 ro=0 noexec=1"),
+        "{tmp}"
+    );
+
+    let default = run_probe(
+        &docker,
+        &image.tag,
+        Seccomp::DockerDefault,
+        &["all"],
+        &mut cleanup,
+    )
+    .await;
+    assert_outcomes(
+        &parse_probe(&default),
+        DOCKER_DEFAULT_OUTCOMES,
+        "Docker's default profile",
+    );
+}
+
+#[tokio::test]
+async fn standard_image_has_the_tools_recipes_need() {
+    let docker = docker().await;
+    let mut progress = Vec::new();
+    let image = {
+        let _guard = BUILD_LOCK.lock().await;
+        ensure_image_with_progress(
+            &docker,
+            ImageKind::Standard,
+            &inputs(),
+            &mut |line: &str| progress.push(line.to_owned()),
+        )
+        .await
+        .unwrap()
+    };
+    let inspected = docker.inspect_image(&image.tag).await.unwrap();
+    let config = inspected.config.unwrap();
+    assert_eq!(config.entrypoint, Some(vec!["/kiln/kiln-agent".to_owned()]));
+    assert_eq!(config.working_dir.as_deref(), Some("/work"));
+    assert_eq!(
+        config.labels.unwrap().get("kiln.image").map(String::as_str),
+        Some("standard")
+    );
+
+    // The tools, run as the step uid under Kiln's profile.
+    let mut cleanup = Cleanup {
+        containers: Vec::new(),
+        images: Vec::new(),
+    };
+    let script = "set -e; bash -c 'echo bash=$BASH_VERSINFO'; \
+                  python3 -c 'import yaml, ssl; print(\"yaml=\" + yaml.safe_dump({\"a\": 1}).strip())'; \
+                  echo '{\"x\":2}' | jq -c .x; git --version | cut -d' ' -f1-2; \
+                  test -s /etc/ssl/certs/ca-certificates.crt && echo certs=ok; \
+                  test ! -e /usr/share/doc/bash && echo docs=trimmed";
+    let output = run_hardened(
+        &docker,
+        &image.tag,
+        Seccomp::Kiln,
+        &["/bin/sh", "-c", script],
+        &mut cleanup,
+    )
+    .await;
+    assert_eq!(
+        output, "bash=5\nyaml=a: 1\n2\ngit version\ncerts=ok\ndocs=trimmed\n",
+        "progress: {progress:#?}"
+    );
+}
