@@ -26,7 +26,8 @@ use bollard::query_parameters::{
     RemoveImageOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use controller::sandbox::image::{
-    INPUTS_HASH_LABEL, ImageInputs, ImageKind, ensure_image, ensure_image_with_progress,
+    INPUTS_HASH_LABEL, ImageInputs, ImageKind, SECCOMP_PROFILE_JSON, ensure_image,
+    ensure_image_with_progress,
 };
 use futures::StreamExt;
 
@@ -167,9 +168,7 @@ async fn run_hardened(
     let test_label = unique("images");
     let mut security_opt = vec!["no-new-privileges:true".to_owned()];
     if let Seccomp::Kiln = seccomp {
-        let profile = std::fs::read_to_string(runtime_image_dir().join("seccomp/kiln.json"))
-            .expect("read seccomp/kiln.json");
-        security_opt.push(format!("seccomp={profile}"));
+        security_opt.push(format!("seccomp={SECCOMP_PROFILE_JSON}"));
     }
     let host_config = HostConfig {
         network_mode: Some("none".to_owned()),
@@ -318,8 +317,7 @@ const KILN_DENIED: &[&str] = &[
 
 #[test]
 fn seccomp_profile_is_commented_data_that_denies_what_it_says() {
-    let text = std::fs::read_to_string(runtime_image_dir().join("seccomp/kiln.json")).unwrap();
-    let profile: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let profile: serde_json::Value = serde_json::from_str(SECCOMP_PROFILE_JSON).unwrap();
     assert_eq!(profile["defaultAction"], "SCMP_ACT_ERRNO");
     assert_eq!(profile["defaultErrnoRet"], 1);
     assert_eq!(

@@ -39,6 +39,12 @@ pub const INPUTS_HASH_LABEL: &str = "kiln.inputs_hash";
 /// The label that says which Kiln image an image is (`minimal`, `standard`, `probe`).
 pub const IMAGE_KIND_LABEL: &str = "kiln.image";
 
+/// Kiln's seccomp profile (`runtime-image/seccomp/kiln.json`), compiled into
+/// the binary so that the security posture is fixed at build time and cannot
+/// drift with a file on the host. Pass it as `SecurityOpt: "seccomp=<this>"`.
+/// Every rule is explained in `runtime-image/seccomp/README.md`.
+pub const SECCOMP_PROFILE_JSON: &str = include_str!("../../../runtime-image/seccomp/kiln.json");
+
 /// Bumped when the way images are assembled changes without any input file
 /// changing (e.g. the tar layout below), so that old images are not reused.
 const BUILDER_VERSION: &str = "kiln-image-builder/1";

@@ -180,3 +180,13 @@ fn kinds_names_and_labels() {
     assert_eq!(short_hash("0123456789abcdef"), "0123456789ab");
     assert_eq!(short_hash("abc"), "abc");
 }
+
+#[test]
+fn compiled_in_seccomp_profile_is_the_checked_in_file() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime-image/seccomp/kiln.json");
+    let on_disk = std::fs::read_to_string(path).expect("read kiln.json");
+    assert_eq!(SECCOMP_PROFILE_JSON, on_disk);
+    let profile: serde_json::Value =
+        serde_json::from_str(SECCOMP_PROFILE_JSON).expect("valid JSON");
+    assert_eq!(profile["defaultAction"], "SCMP_ACT_ERRNO");
+}
