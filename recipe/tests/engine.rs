@@ -12,3 +12,6 @@ mod harness;
 
 #[path = "engine/flow.rs"]
 mod flow;
+
+#[path = "engine/loops.rs"]
+mod loops;
