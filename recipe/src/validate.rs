@@ -174,11 +174,11 @@ impl Validator<'_, '_, '_> {
                 ),
             );
         }
-        if !recipe.version.is_empty() {
-            if let Err(message) = check_version(&recipe.version) {
-                let span = self.pos("version", recipe.span).span;
-                self.sink.error("invalid-version", "version", span, message);
-            }
+        if !recipe.version.is_empty()
+            && let Err(message) = check_version(&recipe.version)
+        {
+            let span = self.pos("version", recipe.span).span;
+            self.sink.error("invalid-version", "version", span, message);
         }
         if matches!(&recipe.body, Body::Flat(steps) if steps.is_empty()) {
             let span = self.key_span(
@@ -377,10 +377,11 @@ impl Validator<'_, '_, '_> {
                         step.id
                     ),
                 );
-            } else if let Some((own_idx, order)) = order {
-                if let Some(dep_idx) = order.get(dep.as_str()) {
-                    if *dep_idx >= own_idx {
-                        self.sink.error(
+            } else if let Some((own_idx, order)) = order
+                && let Some(dep_idx) = order.get(dep.as_str())
+                && *dep_idx >= own_idx
+            {
+                self.sink.error(
                             "depends-on-later",
                             &item_path,
                             span,
@@ -389,8 +390,6 @@ impl Validator<'_, '_, '_> {
                                 step.id
                             ),
                         );
-                    }
-                }
             }
         }
         for child in &step.body {
@@ -548,10 +547,10 @@ impl Validator<'_, '_, '_> {
                 && !scope.vars.contains_key(name)
                 && !name.starts_with("_loop_")
             {
-                if let Some(Loop::Foreach(foreach)) = &step.looping {
-                    if *name == foreach.as_name {
-                        continue;
-                    }
+                if let Some(Loop::Foreach(foreach)) = &step.looping
+                    && *name == foreach.as_name
+                {
+                    continue;
                 }
                 scope.add(name);
             }
@@ -568,10 +567,10 @@ impl Validator<'_, '_, '_> {
             Some(Loop::While(_)) => {}
             None => {}
         }
-        if let StepKind::Bash(bash) = &step.kind {
-            if let Some(name) = &bash.output_exit_code {
-                scope.add(name);
-            }
+        if let StepKind::Bash(bash) = &step.kind
+            && let Some(name) = &bash.output_exit_code
+        {
+            scope.add(name);
         }
         if step.condition.is_some() || matches!(step.looping, Some(Loop::Foreach(_))) {
             scope.add("_skipped_steps");

@@ -52,18 +52,28 @@ pub fn diags(source: &str) -> String {
 
 pub fn diags_with(source: &str, options: &CheckOptions) -> String {
     let checked = check(source, options);
-    let lines: Vec<String> = checked.diagnostics.iter().map(ToString::to_string).collect();
+    let lines: Vec<String> = checked
+        .diagnostics
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     lines.join("\n")
 }
 
 /// Only the `code path` of each diagnostic (for tests about what, not wording).
 pub fn codes(source: &str) -> Vec<String> {
-    checked(source).diagnostics.iter().map(|d| format!("{} {}", d.code, d.path)).collect()
+    checked(source)
+        .diagnostics
+        .iter()
+        .map(|d| format!("{} {}", d.code, d.path))
+        .collect()
 }
 
 pub fn recipe(source: &str) -> Recipe {
     let checked = checked(source);
-    checked.recipe.unwrap_or_else(|| panic!("no recipe: {:?}", checked.diagnostics))
+    checked
+        .recipe
+        .unwrap_or_else(|| panic!("no recipe: {:?}", checked.diagnostics))
 }
 
 pub fn first_step(source: &str) -> Step {

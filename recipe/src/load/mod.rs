@@ -14,8 +14,6 @@ pub mod yaml;
 
 pub use fields::{ScalarPos, SourceMap};
 
-use serde_json::Map;
-
 use self::fields::{Fields, Walker, describe, index, join};
 use self::yaml::{Node, NodeKind, Resolved, resolve, yaml11_bool};
 use crate::diagnostic::{Diagnostic, Sink};
@@ -471,15 +469,15 @@ fn load_rate_limiting(w: &mut Walker<'_, '_>, node: &Node) -> Option<RateLimitin
             {
                 b.enabled = v;
             }
-            if let Some(node) = backoff_fields.given("initial_delay_ms") {
-                if let Some(v) = w.integer_min(
+            if let Some(node) = backoff_fields.given("initial_delay_ms")
+                && let Some(v) = w.integer_min(
                     node,
                     &join(&backoff_path, "initial_delay_ms"),
                     100,
                     "at least 100",
-                ) {
-                    b.initial_delay_ms = v.unsigned_abs();
-                }
+                )
+            {
+                b.initial_delay_ms = v.unsigned_abs();
             }
             if let Some(node) = backoff_fields.given("max_delay_ms") {
                 let field_path = join(&backoff_path, "max_delay_ms");
@@ -514,15 +512,15 @@ fn load_rate_limiting(w: &mut Walker<'_, '_>, node: &Node) -> Option<RateLimitin
                     }
                 }
             }
-            if let Some(node) = backoff_fields.given("reset_after_success") {
-                if let Some(v) = w.integer_min(
+            if let Some(node) = backoff_fields.given("reset_after_success")
+                && let Some(v) = w.integer_min(
                     node,
                     &join(&backoff_path, "reset_after_success"),
                     1,
                     "at least 1",
-                ) {
-                    b.reset_after_success = u32::try_from(v).unwrap_or(u32::MAX);
-                }
+                )
+            {
+                b.reset_after_success = u32::try_from(v).unwrap_or(u32::MAX);
             }
         } else {
             w.type_error(value, &backoff_path, "expected-mapping", "a mapping");
@@ -816,11 +814,10 @@ fn load_retry(w: &mut Walker<'_, '_>, node: &Node, path: &str) -> Option<Retry> 
     };
     w.unknown_keys(&fields, RETRY_KEYS, path, "retry", true);
     let mut retry = Retry::default();
-    if let Some(value) = fields.given("max_attempts") {
-        if let Some(n) = w.integer_min(value, &join(path, "max_attempts"), 1, "a positive integer")
-        {
-            retry.max_attempts = u32::try_from(n).unwrap_or(u32::MAX);
-        }
+    if let Some(value) = fields.given("max_attempts")
+        && let Some(n) = w.integer_min(value, &join(path, "max_attempts"), 1, "a positive integer")
+    {
+        retry.max_attempts = u32::try_from(n).unwrap_or(u32::MAX);
     }
     if let Some(value) = fields.given("backoff") {
         let backoff_path = join(path, "backoff");
@@ -879,25 +876,25 @@ fn load_loop(w: &mut Walker<'_, '_>, cx: &StepCtx<'_, '_>, body_key: Option<&str
     };
     let as_name = opt_string(w, "as");
     let collect = opt_string(w, "collect");
-    if let Some(name) = &as_name {
-        if !is_variable_name(name) {
-            w.sink.error(
+    if let Some(name) = &as_name
+        && !is_variable_name(name)
+    {
+        w.sink.error(
                 "invalid-variable-name",
                 &cx.at("as"),
                 cx.fields.get("as").map_or(cx.span, |value| value.span),
                 format!("{}: 'as' must be a valid variable name (letters, digits, underscores), found '{name}'", cx.label),
             );
-        }
     }
-    if let Some(name) = &collect {
-        if !is_variable_name(name) {
-            w.sink.error(
+    if let Some(name) = &collect
+        && !is_variable_name(name)
+    {
+        w.sink.error(
                 "invalid-variable-name",
                 &cx.at("collect"),
                 cx.fields.get("collect").map_or(cx.span, |value| value.span),
                 format!("{}: 'collect' must be a valid variable name (letters, digits, underscores), found '{name}'", cx.label),
             );
-        }
     }
     let max_iterations = fields
         .given("max_iterations")
@@ -1247,18 +1244,18 @@ fn load_agent(w: &mut Walker<'_, '_>, cx: &StepCtx<'_, '_>, is_container: bool) 
     let model = opt_string(w, "model");
     let model_role = opt_string(w, "model_role");
     let spawn_mode = opt_string(w, "spawn_mode");
-    if let Some(mode) = &spawn_mode {
-        if mode != "subprocess" {
-            w.sink.error(
-                "invalid-value",
-                &cx.at("spawn_mode"),
-                fields.get("spawn_mode").map_or(cx.span, |value| value.span),
-                format!(
-                    "{}: spawn_mode must be 'subprocess' when set, found '{mode}'",
-                    cx.label
-                ),
-            );
-        }
+    if let Some(mode) = &spawn_mode
+        && mode != "subprocess"
+    {
+        w.sink.error(
+            "invalid-value",
+            &cx.at("spawn_mode"),
+            fields.get("spawn_mode").map_or(cx.span, |value| value.span),
+            format!(
+                "{}: spawn_mode must be 'subprocess' when set, found '{mode}'",
+                cx.label
+            ),
+        );
     }
     let provider_preferences = fields
         .given("provider_preferences")
@@ -1528,7 +1525,7 @@ fn load_recipe_step(w: &mut Walker<'_, '_>, cx: &StepCtx<'_, '_>) -> RecipeStep 
     let context = fields
         .given("context")
         .map(|value| w.json_map(value, &cx.at("context")))
-        .unwrap_or_else(Map::new);
+        .unwrap_or_default();
     let recursion = fields
         .given("recursion")
         .and_then(|value| load_recursion(w, value, &cx.at("recursion")));

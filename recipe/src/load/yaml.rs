@@ -98,15 +98,15 @@ pub fn resolve(scalar: &Scalar) -> Resolved {
         ".nan" | ".NaN" | ".NAN" => return Resolved::Float(f64::NAN),
         _ => {}
     }
-    if let Some(hex) = text.strip_prefix("0x") {
-        if let Ok(value) = i64::from_str_radix(hex, 16) {
-            return Resolved::Int(value);
-        }
+    if let Some(hex) = text.strip_prefix("0x")
+        && let Ok(value) = i64::from_str_radix(hex, 16)
+    {
+        return Resolved::Int(value);
     }
-    if let Some(oct) = text.strip_prefix("0o") {
-        if let Ok(value) = i64::from_str_radix(oct, 8) {
-            return Resolved::Int(value);
-        }
+    if let Some(oct) = text.strip_prefix("0o")
+        && let Ok(value) = i64::from_str_radix(oct, 8)
+    {
+        return Resolved::Int(value);
     }
     let bytes = text.as_bytes();
     let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
@@ -124,10 +124,11 @@ pub fn resolve(scalar: &Scalar) -> Resolved {
             .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
         && digits.bytes().any(|b| b.is_ascii_digit())
         && (digits.as_bytes()[0].is_ascii_digit() || digits.as_bytes()[0] == b'.');
-    if looks_float && bytes.iter().any(|b| matches!(b, b'.' | b'e' | b'E')) {
-        if let Ok(value) = text.parse::<f64>() {
-            return Resolved::Float(value);
-        }
+    if looks_float
+        && bytes.iter().any(|b| matches!(b, b'.' | b'e' | b'E'))
+        && let Ok(value) = text.parse::<f64>()
+    {
+        return Resolved::Float(value);
     }
     Resolved::Str
 }
@@ -213,10 +214,7 @@ pub fn parse(source: &str, sink: &mut Sink<'_>) -> Option<Node> {
     let mut alias_nodes = 0usize;
     let mut root: Option<Node> = None;
     let mut documents = 0usize;
-    loop {
-        let Some(next) = parser.next_event() else {
-            break;
-        };
+    while let Some(next) = parser.next_event() {
         let (event, span) = match next {
             Ok(pair) => pair,
             Err(error) => {

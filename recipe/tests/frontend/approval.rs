@@ -16,7 +16,9 @@ fn staged(name: &str, approval: &str) -> String {
 #[test]
 fn approval_defaults() {
     let recipe = recipe(&staged("plan", "    approval: {}\n"));
-    let Body::Staged(stages) = &recipe.body else { panic!("staged") };
+    let Body::Staged(stages) = &recipe.body else {
+        panic!("staged")
+    };
     let approval = stages[0].approval.clone().unwrap();
     assert!(!approval.required);
     assert_eq!(approval.prompt, "");
@@ -26,9 +28,18 @@ fn approval_defaults() {
 
 #[test]
 fn full_valid_approval_and_default_approve() {
-    assert_clean(&staged("plan", "    approval:\n      required: true\n      prompt: Ship it?\n      timeout: 300\n      default: deny\n"));
-    assert_clean(&staged("plan", "    approval:\n      required: true\n      prompt: Ship it?\n      default: approve\n"));
-    assert_clean(&staged("plan", "    approval:\n      required: true\n      prompt: ok?\n      timeout: 0\n"));
+    assert_clean(&staged(
+        "plan",
+        "    approval:\n      required: true\n      prompt: Ship it?\n      timeout: 300\n      default: deny\n",
+    ));
+    assert_clean(&staged(
+        "plan",
+        "    approval:\n      required: true\n      prompt: Ship it?\n      default: approve\n",
+    ));
+    assert_clean(&staged(
+        "plan",
+        "    approval:\n      required: true\n      prompt: ok?\n      timeout: 0\n",
+    ));
     assert_clean(&staged("plan", "    approval:\n      required: false\n"));
 }
 
@@ -42,7 +53,10 @@ fn approval_errors() {
         .assert_eq(&diags(&staged("plan", "    approval:\n      required: true\n")));
     // Reference: an unknown approval key (e.g. `message:`) crashes loading with a TypeError.
     expect!["error unknown-field stages[0].approval.message 13:7 unknown approval field 'message'"]
-        .assert_eq(&diags(&staged("plan", "    approval:\n      required: true\n      prompt: p\n      message: hi\n")));
+        .assert_eq(&diags(&staged(
+            "plan",
+            "    approval:\n      required: true\n      prompt: p\n      message: hi\n",
+        )));
     expect![[r#"error expected-mapping stages[0].approval 10:15 approval must be a mapping, found string "yes please""#]]
         .assert_eq(&diags(&staged("plan", "    approval: yes please\n")));
 }
@@ -60,7 +74,9 @@ fn stage_names() {
 #[test]
 fn stage_without_steps() {
     expect![[r#"error empty-stage stages[0] 6:5 stage 'plan' must have at least one step"#]]
-        .assert_eq(&diags(&format!("{HEADER}stages:\n  - name: plan\n    steps: []\n")));
+        .assert_eq(&diags(&format!(
+            "{HEADER}stages:\n  - name: plan\n    steps: []\n"
+        )));
 }
 
 #[test]
@@ -68,7 +84,8 @@ fn duplicate_ids_in_one_stage_and_across_stages() {
     let source = format!("{HEADER}stages:\n  - name: a\n    steps:\n{STEP}{STEP}");
     expect!["error duplicate-step-id stages[0].steps[1].id 10:13 duplicate step id 's1' in stage 'a' (also defined at stages[0].steps[0])"]
         .assert_eq(&diags(&source));
-    let source = format!("{HEADER}stages:\n  - name: a\n    steps:\n{STEP}  - name: b\n    steps:\n{STEP}");
+    let source =
+        format!("{HEADER}stages:\n  - name: a\n    steps:\n{STEP}  - name: b\n    steps:\n{STEP}");
     expect!["error duplicate-step-id stages[1].steps[0].id 12:13 duplicate step IDs across stages: 's1' in stage 'b' is also defined at stages[0].steps[0]"]
         .assert_eq(&diags(&source));
 }
@@ -84,10 +101,14 @@ fn duplicate_stage_names() {
 
 #[test]
 fn step_and_approval_errors_surface_with_stage_path() {
-    let source = staged("plan", "    approval:\n      required: true\n").replace("prompt: hi", "prompt: ''");
+    let source =
+        staged("plan", "    approval:\n      required: true\n").replace("prompt: hi", "prompt: ''");
     assert_eq!(
         codes(&source),
-        ["missing-field stages[0].steps[0].prompt", "missing-field stages[0].approval.prompt"]
+        [
+            "missing-field stages[0].steps[0].prompt",
+            "missing-field stages[0].approval.prompt"
+        ]
     );
 }
 
@@ -112,7 +133,9 @@ fn two_stages_with_gate_on_first_are_clean_and_load_fields() {
     // Reference: `stage.*` and `_approval_message` are rejected by its validator (W10).
     assert_clean(&source);
     let recipe = recipe(&source);
-    let Body::Staged(stages) = &recipe.body else { panic!("staged") };
+    let Body::Staged(stages) = &recipe.body else {
+        panic!("staged")
+    };
     let approval = stages[0].approval.as_ref().unwrap();
     assert!(approval.required);
     assert_eq!(approval.timeout_secs, 300);
@@ -121,12 +144,17 @@ fn two_stages_with_gate_on_first_are_clean_and_load_fields() {
 
 #[test]
 fn steps_and_stages_together_and_neither() {
-    let source = format!("{HEADER}steps:\n  - id: x\n    agent: a\n    prompt: p\nstages:\n  - name: a\n    steps:\n{STEP}");
+    let source = format!(
+        "{HEADER}steps:\n  - id: x\n    agent: a\n    prompt: p\nstages:\n  - name: a\n    steps:\n{STEP}"
+    );
     expect![[r#"error steps-and-stages stages 8:1 recipe cannot have both 'steps' and 'stages'; use stages (each with its own steps) or steps alone"#]]
         .assert_eq(&diags(&source));
     // An empty list counts as absent (reference M:722-729).
-    assert_clean(&format!("{HEADER}steps: []\nstages:\n  - name: a\n    steps:\n{STEP}"));
-    expect![[r#"error no-steps <root> 1:1 recipe must have at least one step or stage"#]].assert_eq(&diags(HEADER));
+    assert_clean(&format!(
+        "{HEADER}steps: []\nstages:\n  - name: a\n    steps:\n{STEP}"
+    ));
+    expect![[r#"error no-steps <root> 1:1 recipe must have at least one step or stage"#]]
+        .assert_eq(&diags(HEADER));
 }
 
 #[test]
@@ -138,6 +166,15 @@ fn handlebars_in_approval_prompt_stays_literal_with_a_warning() {
     );
     expect!["warning handlebars-literal stages[0].approval.prompt 12:15 Handlebars blocks ({{#if}}, {{else}}, {{/if}}) in this approval prompt are not supported and stay literal text"]
         .assert_eq(&diags(&source));
-    let source = staged("plan", "    approval:\n      required: true\n      prompt: \"{{#if ok}}{{nope}}{{/if}}\"\n");
-    assert_eq!(codes(&source), ["handlebars-literal stages[0].approval.prompt", "undefined-variable stages[0].approval.prompt"]);
+    let source = staged(
+        "plan",
+        "    approval:\n      required: true\n      prompt: \"{{#if ok}}{{nope}}{{/if}}\"\n",
+    );
+    assert_eq!(
+        codes(&source),
+        [
+            "handlebars-literal stages[0].approval.prompt",
+            "undefined-variable stages[0].approval.prompt"
+        ]
+    );
 }

@@ -38,9 +38,15 @@ fn bash_step_with_every_field_loads_and_validates() {
     assert_clean(&source);
     let step = first_step(&source);
     let bash = bash(&step.kind);
-    assert_eq!(bash.command, "echo {{recipe.name}}", "templates are stored unsubstituted");
+    assert_eq!(
+        bash.command, "echo {{recipe.name}}",
+        "templates are stored unsubstituted"
+    );
     assert_eq!(bash.cwd.as_deref(), Some("/work/sub"));
-    assert_eq!(serde_json::Value::Object(bash.env.clone()), json!({"MODE": "fast", "COUNT": 3}));
+    assert_eq!(
+        serde_json::Value::Object(bash.env.clone()),
+        json!({"MODE": "fast", "COUNT": 3})
+    );
     assert_eq!(bash.output_exit_code.as_deref(), Some("rc"));
     assert_eq!(bash.shell.as_deref(), Some("/bin/sh"));
     assert!(bash.output_stderr);
@@ -63,24 +69,47 @@ fn command_required_non_empty_not_whitespace() {
 
 #[test]
 fn bash_forbids_agent_fields() {
-    for (key, value) in [("agent", "dev"), ("prompt", "hi"), ("mode", "ANALYZE"), ("agent_config", "{}"), ("recipe", "x.yaml")] {
-        let out = diags(&flat(&format!("  - id: b\n    type: bash\n    command: ls\n    {key}: {value}\n")));
-        assert_eq!(out, format!("error forbidden-field steps[0].{key} 8:5 step 'b': bash steps cannot have '{key}'"));
+    for (key, value) in [
+        ("agent", "dev"),
+        ("prompt", "hi"),
+        ("mode", "ANALYZE"),
+        ("agent_config", "{}"),
+        ("recipe", "x.yaml"),
+    ] {
+        let out = diags(&flat(&format!(
+            "  - id: b\n    type: bash\n    command: ls\n    {key}: {value}\n"
+        )));
+        assert_eq!(
+            out,
+            format!(
+                "error forbidden-field steps[0].{key} 8:5 step 'b': bash steps cannot have '{key}'"
+            )
+        );
     }
     assert_eq!(
-        codes(&flat("  - id: b\n    type: bash\n    command: ls\n    context: {}\n    recursion: {}\n    spawn_mode: subprocess\n")),
-        ["forbidden-field steps[0].context", "forbidden-field steps[0].recursion", "forbidden-field steps[0].spawn_mode"]
+        codes(&flat(
+            "  - id: b\n    type: bash\n    command: ls\n    context: {}\n    recursion: {}\n    spawn_mode: subprocess\n"
+        )),
+        [
+            "forbidden-field steps[0].context",
+            "forbidden-field steps[0].recursion",
+            "forbidden-field steps[0].spawn_mode"
+        ]
     );
 }
 
 #[test]
 fn output_exit_code_names() {
-    assert_clean(&flat("  - id: b\n    type: bash\n    command: ls\n    output_exit_code: exit_code\n"));
+    assert_clean(&flat(
+        "  - id: b\n    type: bash\n    command: ls\n    output_exit_code: exit_code\n",
+    ));
     expect![[r#"error invalid-variable-name steps[0].output_exit_code 8:23 step 'b': output_exit_code 'bad-name' must be alphanumeric (letters, digits and underscores)"#]]
         .assert_eq(&diags(&flat("  - id: b\n    type: bash\n    command: ls\n    output_exit_code: bad-name\n")));
     for reserved in ["recipe", "session", "step"] {
         assert_eq!(
-            codes(&flat(&format!("  - id: b\n    type: bash\n    command: ls\n    output_exit_code: {reserved}\n"))),
+            codes(&flat(&format!(
+                "  - id: b\n    type: bash\n    command: ls\n    output_exit_code: {reserved}\n"
+            ))),
             ["reserved-name steps[0].output_exit_code"]
         );
     }
@@ -88,10 +117,16 @@ fn output_exit_code_names() {
 
 #[test]
 fn mixed_agent_and_bash_steps() {
-    let source = flat("  - id: a\n    agent: dev\n    prompt: p\n    output: x\n  - id: b\n    type: bash\n    command: \"echo {{x}}\"\n");
+    let source = flat(
+        "  - id: a\n    agent: dev\n    prompt: p\n    output: x\n  - id: b\n    type: bash\n    command: \"echo {{x}}\"\n",
+    );
     assert_clean(&source);
     let recipe = recipe(&source);
-    let types: Vec<&str> = recipe.all_steps().iter().map(|s| s.kind.type_name()).collect();
+    let types: Vec<&str> = recipe
+        .all_steps()
+        .iter()
+        .map(|s| s.kind.type_name())
+        .collect();
     assert_eq!(types, ["agent", "bash"]);
 }
 
@@ -111,7 +146,12 @@ fn bash_field_types() {
 #[test]
 fn agent_only_selection_fields_on_bash_are_errors() {
     assert_eq!(
-        codes(&flat("  - id: b\n    type: bash\n    command: ls\n    provider: openai\n    model_role: fast\n")),
-        ["forbidden-field steps[0].provider", "forbidden-field steps[0].model_role"]
+        codes(&flat(
+            "  - id: b\n    type: bash\n    command: ls\n    provider: openai\n    model_role: fast\n"
+        )),
+        [
+            "forbidden-field steps[0].provider",
+            "forbidden-field steps[0].model_role"
+        ]
     );
 }

@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use recipe::CheckOptions;
 
 fn fixture_dir(kind: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(kind)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(kind)
 }
 
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
@@ -29,9 +31,21 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn options(dir: &Path) -> CheckOptions {
-    let recipes = yaml_files(dir).iter().map(|path| path.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    let recipes = yaml_files(dir)
+        .iter()
+        .map(|path| path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
     CheckOptions {
-        known_agents: Some(["dev", "self", "foundation:researcher", "foundation:reviewer"].map(String::from).to_vec()),
+        known_agents: Some(
+            [
+                "dev",
+                "self",
+                "foundation:researcher",
+                "foundation:reviewer",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
         available_recipes: Some(recipes),
     }
 }
@@ -44,12 +58,19 @@ fn compare(path: &Path, actual: &str, failures: &mut Vec<String>) {
     }
     let expected = fs::read_to_string(path).unwrap_or_default();
     if expected != actual {
-        failures.push(format!("{}:\n--- expected\n{expected}\n--- actual\n{actual}", path.display()));
+        failures.push(format!(
+            "{}:\n--- expected\n{expected}\n--- actual\n{actual}",
+            path.display()
+        ));
     }
 }
 
 fn render(checked: &recipe::Checked) -> String {
-    checked.diagnostics.iter().map(|d| format!("{d}\n")).collect()
+    checked
+        .diagnostics
+        .iter()
+        .map(|d| format!("{d}\n"))
+        .collect()
 }
 
 #[test]
@@ -63,10 +84,18 @@ fn valid_fixtures_check_cleanly_and_fill_the_model() {
         let source = fs::read_to_string(&path).unwrap();
         let checked = recipe::check(&source, &options);
         if checked.has_errors() {
-            failures.push(format!("{} has errors:\n{}", path.display(), render(&checked)));
+            failures.push(format!(
+                "{} has errors:\n{}",
+                path.display(),
+                render(&checked)
+            ));
             continue;
         }
-        compare(&path.with_extension("expected"), &render(&checked), &mut failures);
+        compare(
+            &path.with_extension("expected"),
+            &render(&checked),
+            &mut failures,
+        );
         let model = serde_json::to_string_pretty(&checked.recipe.unwrap()).unwrap() + "\n";
         compare(&path.with_extension("model.json"), &model, &mut failures);
     }
@@ -84,7 +113,11 @@ fn invalid_fixtures_give_exactly_the_expected_diagnostics() {
         let source = fs::read_to_string(&path).unwrap();
         let checked = recipe::check(&source, &options);
         assert!(checked.has_errors(), "{} has no errors", path.display());
-        compare(&path.with_extension("expected"), &render(&checked), &mut failures);
+        compare(
+            &path.with_extension("expected"),
+            &render(&checked),
+            &mut failures,
+        );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

@@ -7,7 +7,9 @@ use recipe::model::{Loop, Parallel};
 use super::{HEADER, assert_clean, codes, diags, first_step};
 
 fn looped(extra: &str) -> String {
-    format!("{HEADER}context:\n  items: [a, b]\nsteps:\n  - id: l\n    agent: dev\n    prompt: \"{{{{item}}}}\"\n{extra}")
+    format!(
+        "{HEADER}context:\n  items: [a, b]\nsteps:\n  - id: l\n    agent: dev\n    prompt: \"{{{{item}}}}\"\n{extra}"
+    )
 }
 
 fn foreach_of(source: &str) -> recipe::model::Foreach {
@@ -48,17 +50,24 @@ fn foreach_rules() {
 
 #[test]
 fn custom_as_is_usable_and_reserved_as_is_allowed() {
-    let source = looped("    foreach: \"{{items}}\"\n    as: thing\n").replace("{{item}}", "{{thing}}");
+    let source =
+        looped("    foreach: \"{{items}}\"\n    as: thing\n").replace("{{item}}", "{{thing}}");
     assert_clean(&source);
     assert_eq!(foreach_of(&source).as_name, "thing");
     // The reference allows `as: recipe` (the corpus uses it); Kiln restores the shadowed value.
-    assert_clean(&looped("    foreach: \"{{items}}\"\n    as: recipe\n").replace("{{item}}", "{{recipe}}"));
+    assert_clean(
+        &looped("    foreach: \"{{items}}\"\n    as: recipe\n").replace("{{item}}", "{{recipe}}"),
+    );
 }
 
 #[test]
 fn parallel_rules() {
-    expect![[r#"error requires-foreach steps[0].parallel 10:5 step 'l': parallel requires foreach"#]]
-        .assert_eq(&diags(&looped("    parallel: true\n").replace("{{item}}", "x")));
+    expect![[
+        r#"error requires-foreach steps[0].parallel 10:5 step 'l': parallel requires foreach"#
+    ]]
+    .assert_eq(&diags(
+        &looped("    parallel: true\n").replace("{{item}}", "x"),
+    ));
     let cases: [(&str, Parallel); 8] = [
         ("true", Parallel::Unbounded),
         ("false", Parallel::Sequential),
@@ -71,7 +80,9 @@ fn parallel_rules() {
         ("1", Parallel::Limit(1)),
     ];
     for (value, expected) in cases {
-        let source = looped(&format!("    foreach: \"{{{{items}}}}\"\n    parallel: {value}\n"));
+        let source = looped(&format!(
+            "    foreach: \"{{{{items}}}}\"\n    parallel: {value}\n"
+        ));
         assert_clean(&source);
         assert_eq!(foreach_of(&source).parallel, expected, "parallel: {value}");
     }
@@ -83,8 +94,15 @@ fn parallel_rules() {
 
 #[test]
 fn checkpoint_rules() {
-    assert_clean(&looped("    foreach: \"{{items}}\"\n    checkpoint_iterations: true\n"));
-    assert!(foreach_of(&looped("    foreach: \"{{items}}\"\n    checkpoint_iterations: true\n")).checkpoint_iterations);
+    assert_clean(&looped(
+        "    foreach: \"{{items}}\"\n    checkpoint_iterations: true\n",
+    ));
+    assert!(
+        foreach_of(&looped(
+            "    foreach: \"{{items}}\"\n    checkpoint_iterations: true\n"
+        ))
+        .checkpoint_iterations
+    );
     expect![[r#"error requires-foreach steps[0].checkpoint_iterations 10:5 step 'l': checkpoint_iterations requires foreach"#]]
         .assert_eq(&diags(&looped("    checkpoint_iterations: true\n").replace("{{item}}", "x")));
     expect![[r#"error conflicting-fields steps[0].checkpoint_iterations 12:5 step 'l': checkpoint_iterations cannot be used with parallel"#]]
@@ -102,7 +120,9 @@ fn parallel_foreach_over_recipe_step_warns_agent_does_not() {
 }
 
 fn while_step(extra: &str) -> String {
-    format!("{HEADER}context:\n  done: false\nsteps:\n  - id: w\n    agent: dev\n    prompt: \"{{{{_loop_iteration}}}}\"\n    output: answer\n{extra}")
+    format!(
+        "{HEADER}context:\n  done: false\nsteps:\n  - id: w\n    agent: dev\n    prompt: \"{{{{_loop_iteration}}}}\"\n    output: answer\n{extra}"
+    )
 }
 
 #[test]
@@ -111,14 +131,22 @@ fn while_rules() {
         "    while_condition: \"not {{done}}\"\n    max_while_iterations: 5\n    break_when: \"{{answer}} == 'stop'\"\n    update_context:\n      done: \"{{answer}}\"\n      note: \"{{_loop_index}}\"\n",
     );
     assert_clean(&ok);
-    let Some(Loop::While(while_loop)) = first_step(&ok).looping else { panic!("while") };
+    let Some(Loop::While(while_loop)) = first_step(&ok).looping else {
+        panic!("while")
+    };
     assert_eq!(while_loop.max_while_iterations, 5);
-    let names: Vec<&str> = while_loop.update_context.iter().map(|u| u.name.as_str()).collect();
+    let names: Vec<&str> = while_loop
+        .update_context
+        .iter()
+        .map(|u| u.name.as_str())
+        .collect();
     assert_eq!(names, ["done", "note"], "declaration order");
     // `while_condition: true` (unquoted boolean) is the literal-true loop.
     let literal = while_step("    while_condition: true\n    break_when: \"{{answer}} == 'x'\"\n");
     assert_clean(&literal);
-    let Some(Loop::While(while_loop)) = first_step(&literal).looping else { panic!("while") };
+    let Some(Loop::While(while_loop)) = first_step(&literal).looping else {
+        panic!("while")
+    };
     assert_eq!(while_loop.condition, "true");
     assert_eq!(while_loop.max_while_iterations, 100);
 
@@ -138,14 +166,18 @@ fn while_rules() {
     .assert_eq(&diags(&while_step("    break_when: \"{{done}}\"\n    update_context:\n      done: x\n")));
     // break_when on a foreach is accepted and ignored by the reference; Kiln warns.
     assert_eq!(
-        codes(&while_step("    foreach: \"{{done}}\"\n    break_when: \"{{done}}\"\n")),
+        codes(&while_step(
+            "    foreach: \"{{done}}\"\n    break_when: \"{{done}}\"\n"
+        )),
         ["ignored-field steps[0].break_when"]
     );
     expect!["error invalid-variable-name steps[0].update_context.step 13:7 step 'w': update_context key 'step' must be a variable name that is not reserved"]
         .assert_eq(&diags(&while_step("    while_condition: \"{{done}}\"\n    update_context:\n      step: x\n")));
     // Reference: a non-string update_context value crashes with TypeError (W18).
     assert_eq!(
-        codes(&while_step("    while_condition: \"{{done}}\"\n    update_context:\n      done: 5\n")),
+        codes(&while_step(
+            "    while_condition: \"{{done}}\"\n    update_context:\n      done: 5\n"
+        )),
         ["expected-string steps[0].update_context.done"]
     );
 }
@@ -158,7 +190,10 @@ fn nested_body_ids_are_checked_up_front() {
     );
     assert_eq!(
         codes(&source),
-        ["duplicate-step-id steps[0].steps[0].id", "missing-field steps[0].steps[1].prompt"]
+        [
+            "duplicate-step-id steps[0].steps[0].id",
+            "missing-field steps[0].steps[1].prompt"
+        ]
     );
 }
 

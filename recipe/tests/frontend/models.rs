@@ -39,17 +39,21 @@ fn empty_agent_and_empty_prompt_are_errors() {
 
 #[test]
 fn negative_timeout_is_an_error() {
-    expect![[r#"error out-of-range steps[0].timeout 8:14 timeout must be positive (seconds), found -5"#]]
-        .assert_eq(&diags(&flat(&format!("{AGENT}    timeout: -5\n"))));
+    expect![[
+        r#"error out-of-range steps[0].timeout 8:14 timeout must be positive (seconds), found -5"#
+    ]]
+    .assert_eq(&diags(&flat(&format!("{AGENT}    timeout: -5\n"))));
 }
 
 #[test]
 fn on_error_values() {
     expect![[r#"error invalid-value steps[0].on_error 8:15 step 's1': on_error must be 'fail', 'continue' or 'skip_remaining', found 'explode'"#]]
         .assert_eq(&diags(&flat(&format!("{AGENT}    on_error: explode\n"))));
-    for (value, expected) in
-        [("fail", OnError::Fail), ("continue", OnError::Continue), ("skip_remaining", OnError::SkipRemaining)]
-    {
+    for (value, expected) in [
+        ("fail", OnError::Fail),
+        ("continue", OnError::Continue),
+        ("skip_remaining", OnError::SkipRemaining),
+    ] {
         let source = flat(&format!("{AGENT}    on_error: {value}\n"));
         assert_clean(&source);
         assert_eq!(first_step(&source).on_error, expected);
@@ -94,8 +98,11 @@ fn missing_required_recipe_fields_each_named() {
         .assert_eq(&diags(&format!("name: n\nversion: 1.0.0\n{steps}")));
     expect![[r#"error missing-field version 1:1 recipe missing required field: version"#]]
         .assert_eq(&diags(&format!("name: n\ndescription: d\n{steps}")));
-    expect![[r#"error missing-field name 1:1 recipe missing required field: name"#]]
-        .assert_eq(&diags(&format!("name: ''\ndescription: d\nversion: 1.0.0\n{steps}")));
+    expect![[r#"error missing-field name 1:1 recipe missing required field: name"#]].assert_eq(
+        &diags(&format!(
+            "name: ''\ndescription: d\nversion: 1.0.0\n{steps}"
+        )),
+    );
 }
 
 #[test]
@@ -104,22 +111,48 @@ fn recipe_name_charset() {
         let source = format!("name: {bad}\ndescription: d\nversion: 1.0.0\nsteps:\n{AGENT}");
         assert_eq!(
             diags(&source),
-            format!("error invalid-name name 1:7 recipe name '{bad}' must be alphanumeric (letters and digits, with '-' and '_' allowed)")
+            format!(
+                "error invalid-name name 1:7 recipe name '{bad}' must be alphanumeric (letters and digits, with '-' and '_' allowed)"
+            )
         );
     }
-    for good in ["my-recipe", "my_recipe", "MyRecipe", "recipe2", "r-2_X", "café"] {
-        assert_clean(&format!("name: {good}\ndescription: d\nversion: 1.0.0\nsteps:\n{AGENT}"));
+    for good in [
+        "my-recipe",
+        "my_recipe",
+        "MyRecipe",
+        "recipe2",
+        "r-2_X",
+        "café",
+    ] {
+        assert_clean(&format!(
+            "name: {good}\ndescription: d\nversion: 1.0.0\nsteps:\n{AGENT}"
+        ));
     }
 }
 
 #[test]
 fn version_formats_rejected_with_four_messages() {
     let cases = [
-        ("\"1.0\"", "error invalid-version version 3:10 invalid version '1.0': must be MAJOR.MINOR.PATCH with numeric parts such as 1.0.0"),
-        ("v1.0.0", "error invalid-version version 3:10 version 'v1.0.0' must not start with 'v': use MAJOR.MINOR.PATCH such as 1.0.0"),
-        ("1.0.0-beta", "error invalid-version version 3:10 version '1.0.0-beta' must not have a pre-release suffix ('-'): use MAJOR.MINOR.PATCH"),
-        ("1.0.0+build5", "error invalid-version version 3:10 version '1.0.0+build5' must not have build metadata ('+'): use MAJOR.MINOR.PATCH"),
-        ("1.a.0", "error invalid-version version 3:10 invalid version '1.a.0': must be MAJOR.MINOR.PATCH with numeric parts such as 1.0.0"),
+        (
+            "\"1.0\"",
+            "error invalid-version version 3:10 invalid version '1.0': must be MAJOR.MINOR.PATCH with numeric parts such as 1.0.0",
+        ),
+        (
+            "v1.0.0",
+            "error invalid-version version 3:10 version 'v1.0.0' must not start with 'v': use MAJOR.MINOR.PATCH such as 1.0.0",
+        ),
+        (
+            "1.0.0-beta",
+            "error invalid-version version 3:10 version '1.0.0-beta' must not have a pre-release suffix ('-'): use MAJOR.MINOR.PATCH",
+        ),
+        (
+            "1.0.0+build5",
+            "error invalid-version version 3:10 version '1.0.0+build5' must not have build metadata ('+'): use MAJOR.MINOR.PATCH",
+        ),
+        (
+            "1.a.0",
+            "error invalid-version version 3:10 invalid version '1.a.0': must be MAJOR.MINOR.PATCH with numeric parts such as 1.0.0",
+        ),
     ];
     for (version, expected) in cases {
         let source = format!("name: n\ndescription: d\nversion: {version}\nsteps:\n{AGENT}");
@@ -134,7 +167,8 @@ fn version_formats_rejected_with_four_messages() {
 fn recipe_without_steps() {
     expect![[r#"error no-steps <root> 4:1 recipe must have at least one step or stage"#]]
         .assert_eq(&diags(&format!("{HEADER}steps: []\n")));
-    expect![[r#"error no-steps <root> 1:1 recipe must have at least one step or stage"#]].assert_eq(&diags(HEADER));
+    expect![[r#"error no-steps <root> 1:1 recipe must have at least one step or stage"#]]
+        .assert_eq(&diags(HEADER));
 }
 
 #[test]
@@ -165,7 +199,10 @@ fn loading_yaml_keeps_fields_and_context() {
     assert_eq!(recipe.name, "test-recipe");
     assert_eq!(recipe.version, "1.0.0");
     assert_eq!(recipe.all_steps().len(), 2);
-    assert_eq!(serde_json::Value::Object(recipe.context), serde_json::json!({"topic": "rust", "count": 3, "nested": {"a": [1, true, null]}}));
+    assert_eq!(
+        serde_json::Value::Object(recipe.context),
+        serde_json::json!({"topic": "rust", "count": 3, "nested": {"a": [1, true, null]}})
+    );
 }
 
 // "Loading a missing file raises a not-found error": no I/O in this crate; the
@@ -199,8 +236,13 @@ fn steps_must_be_a_list_and_each_step_a_dictionary() {
 
 #[test]
 fn depends_on_kept_from_yaml() {
-    let source = flat(&format!("{AGENT}  - id: s2\n    agent: dev\n    prompt: p\n    depends_on: [s1]\n"));
-    assert_eq!(recipe(&source).all_steps()[1].depends_on, vec!["s1".to_string()]);
+    let source = flat(&format!(
+        "{AGENT}  - id: s2\n    agent: dev\n    prompt: p\n    depends_on: [s1]\n"
+    ));
+    assert_eq!(
+        recipe(&source).all_steps()[1].depends_on,
+        vec!["s1".to_string()]
+    );
 }
 
 #[test]
@@ -208,7 +250,10 @@ fn nested_steps_become_the_loop_body() {
     let source = flat(
         "  - id: loop\n    foreach: \"{{items}}\"\n    steps:\n      - id: inner1\n        agent: dev\n        prompt: \"{{item}}\"\n      - id: inner2\n        type: bash\n        command: echo hi\n",
     );
-    let source = source.replace("steps:\n  - id: loop", "context:\n  items: [1]\nsteps:\n  - id: loop");
+    let source = source.replace(
+        "steps:\n  - id: loop",
+        "context:\n  items: [1]\nsteps:\n  - id: loop",
+    );
     assert_clean(&source);
     let step = first_step(&source);
     assert!(matches!(step.looping, Some(Loop::Foreach(_))));
@@ -268,11 +313,16 @@ stages:
     // while_condition may read it.
     assert_clean(&source);
     let recipe = recipe(&source);
-    let Body::Staged(stages) = &recipe.body else { panic!("staged") };
+    let Body::Staged(stages) = &recipe.body else {
+        panic!("staged")
+    };
     let refine = &stages[0].steps[0].body[0];
     assert_eq!(refine.id, "refine");
     assert_eq!(refine.body[0].id, "judge");
-    assert_eq!(refine.body[0].condition.as_deref(), Some("{{task}} != 'skip'"));
+    assert_eq!(
+        refine.body[0].condition.as_deref(),
+        Some("{{task}} != 'skip'")
+    );
 }
 
 #[test]
@@ -285,7 +335,12 @@ fn retry_must_be_a_mapping() {
     ];
     for (value, found) in cases {
         let out = diags(&flat(&format!("{AGENT}    retry: {value}\n")));
-        assert_eq!(out, format!("error expected-mapping steps[0].retry 8:12 retry must be a mapping, found {found}"));
+        assert_eq!(
+            out,
+            format!(
+                "error expected-mapping steps[0].retry 8:12 retry must be a mapping, found {found}"
+            )
+        );
     }
 }
 
@@ -297,10 +352,18 @@ fn retry_mapping_kept_absent_and_null_accepted() {
     assert_clean(&source);
     assert_eq!(
         first_step(&source).retry,
-        Some(Retry { max_attempts: 3, backoff: recipe::model::Backoff::Linear, initial_delay_secs: 2.0, max_delay_secs: 10.5 })
+        Some(Retry {
+            max_attempts: 3,
+            backoff: recipe::model::Backoff::Linear,
+            initial_delay_secs: 2.0,
+            max_delay_secs: 10.5
+        })
     );
     assert_clean(&flat(&format!("{AGENT}    retry: null\n")));
-    assert_eq!(first_step(&flat(&format!("{AGENT}    retry:\n"))).retry, None);
+    assert_eq!(
+        first_step(&flat(&format!("{AGENT}    retry:\n"))).retry,
+        None
+    );
     // Defaults follow the reference code (1 attempt), not its docs (3).
     let source = flat(&format!("{AGENT}    retry: {{}}\n"));
     assert_eq!(first_step(&source).retry, Some(Retry::default()));
@@ -312,14 +375,23 @@ fn unknown_step_keys_are_errors_with_path() {
     // Reference: unknown keys crash loading with a Python TypeError.
     expect![[r#"error unknown-field steps[0].timout 8:5 unknown step field 'timout'; did you mean 'timeout'?"#]]
         .assert_eq(&diags(&flat(&format!("{AGENT}    timout: 5\n"))));
-    assert_eq!(codes(&flat(&format!("{AGENT}    retry:\n      attempts: 2\n"))), ["unknown-field steps[0].retry.attempts"]);
+    assert_eq!(
+        codes(&flat(&format!("{AGENT}    retry:\n      attempts: 2\n"))),
+        ["unknown-field steps[0].retry.attempts"]
+    );
 }
 
 #[test]
 fn step_type_detection_and_invalid_type() {
-    let source = flat(&format!("{AGENT}  - id: b\n    type: bash\n    command: ls\n  - id: r\n    type: recipe\n    recipe: child.yaml\n  - id: c\n    command: ls\n    agent: dev\n    prompt: p\n"));
+    let source = flat(&format!(
+        "{AGENT}  - id: b\n    type: bash\n    command: ls\n  - id: r\n    type: recipe\n    recipe: child.yaml\n  - id: c\n    command: ls\n    agent: dev\n    prompt: p\n"
+    ));
     let recipe = recipe(&source);
-    let types: Vec<&str> = recipe.all_steps().iter().map(|s| s.kind.type_name()).collect();
+    let types: Vec<&str> = recipe
+        .all_steps()
+        .iter()
+        .map(|s| s.kind.type_name())
+        .collect();
     // A step without `type` is an agent step even when it has `command` (which agents forbid).
     assert_eq!(types, ["agent", "bash", "recipe", "agent"]);
     assert_eq!(codes(&source), ["forbidden-field steps[3].command"]);

@@ -10,9 +10,20 @@ fn assert_consistent(source: &str) {
     let lines = LineIndex::new(source);
     for diagnostic in &checked.diagnostics {
         let span = diagnostic.span;
-        assert!(span.start <= span.end && span.end <= source.len(), "span {span:?} outside input of {} bytes: {diagnostic}", source.len());
-        assert!(source.is_char_boundary(span.start), "span start inside a character: {diagnostic}");
-        assert_eq!(lines.line_col(source, span.start), (diagnostic.line, diagnostic.column), "{diagnostic}");
+        assert!(
+            span.start <= span.end && span.end <= source.len(),
+            "span {span:?} outside input of {} bytes: {diagnostic}",
+            source.len()
+        );
+        assert!(
+            source.is_char_boundary(span.start),
+            "span start inside a character: {diagnostic}"
+        );
+        assert_eq!(
+            lines.line_col(source, span.start),
+            (diagnostic.line, diagnostic.column),
+            "{diagnostic}"
+        );
         assert!(!diagnostic.code.is_empty() && !diagnostic.message.is_empty());
     }
     if checked.recipe.is_none() {
@@ -41,11 +52,36 @@ fn scalar() -> impl Strategy<Value = String> {
 
 fn key() -> impl Strategy<Value = String> {
     prop_oneof![
-        Just("name"), Just("description"), Just("version"), Just("context"), Just("steps"), Just("stages"),
-        Just("id"), Just("type"), Just("agent"), Just("prompt"), Just("command"), Just("recipe"), Just("timeout"),
-        Just("retry"), Just("foreach"), Just("while_condition"), Just("condition"), Just("depends_on"),
-        Just("parallel"), Just("approval"), Just("required"), Just("output"), Just("update_context"), Just("env"),
-        Just("provider_preferences"), Just("class"), Just("as"), Just("collect"), Just("max_attempts"), Just("bogus"),
+        Just("name"),
+        Just("description"),
+        Just("version"),
+        Just("context"),
+        Just("steps"),
+        Just("stages"),
+        Just("id"),
+        Just("type"),
+        Just("agent"),
+        Just("prompt"),
+        Just("command"),
+        Just("recipe"),
+        Just("timeout"),
+        Just("retry"),
+        Just("foreach"),
+        Just("while_condition"),
+        Just("condition"),
+        Just("depends_on"),
+        Just("parallel"),
+        Just("approval"),
+        Just("required"),
+        Just("output"),
+        Just("update_context"),
+        Just("env"),
+        Just("provider_preferences"),
+        Just("class"),
+        Just("as"),
+        Just("collect"),
+        Just("max_attempts"),
+        Just("bogus"),
     ]
     .prop_map(str::to_string)
 }

@@ -20,19 +20,37 @@ const AGENT: &str = "  - id: s1\n    agent: dev\n    prompt: hello\n";
 
 #[test]
 fn yaml11_booleans_in_boolean_fields() {
-    for (text, value) in [("yes", true), ("Yes", true), ("YES", true), ("on", true), ("On", true), ("ON", true), ("no", false), ("No", false), ("NO", false), ("off", false), ("Off", false), ("OFF", false)] {
+    for (text, value) in [
+        ("yes", true),
+        ("Yes", true),
+        ("YES", true),
+        ("on", true),
+        ("On", true),
+        ("ON", true),
+        ("no", false),
+        ("No", false),
+        ("NO", false),
+        ("off", false),
+        ("Off", false),
+        ("OFF", false),
+    ] {
         let source = flat(&format!("{AGENT}    parse_json: {text}\n"));
         assert_eq!(first_step(&source).parse_json, value, "{text}");
         assert_eq!(
             diags(&source),
-            format!("warning yaml11-boolean steps[0].parse_json 8:17 '{text}' is a boolean in YAML 1.1 (the reference) but a string in YAML 1.2; read as the boolean {value}")
+            format!(
+                "warning yaml11-boolean steps[0].parse_json 8:17 '{text}' is a boolean in YAML 1.1 (the reference) but a string in YAML 1.2; read as the boolean {value}"
+            )
         );
     }
     // Not in PyYAML's set either: a type error, as in the reference.
     expect![[r#"error expected-boolean steps[0].parse_json 8:17 parse_json must be a boolean (true or false), found string "yEs""#]]
         .assert_eq(&diags(&flat(&format!("{AGENT}    parse_json: yEs\n"))));
     // Quoted: a string in both dialects, so a type error.
-    assert_eq!(codes(&flat(&format!("{AGENT}    parse_json: \"yes\"\n"))), ["expected-boolean steps[0].parse_json"]);
+    assert_eq!(
+        codes(&flat(&format!("{AGENT}    parse_json: \"yes\"\n"))),
+        ["expected-boolean steps[0].parse_json"]
+    );
     // YAML 1.2 booleans in every spelling the core schema allows.
     for text in ["true", "True", "TRUE"] {
         let source = flat(&format!("{AGENT}    parse_json: {text}\n"));
@@ -46,11 +64,21 @@ fn yaml11_booleans_in_other_boolean_fields() {
     let source = format!(
         "{HEADER}stages:\n  - name: a\n    steps:\n      - id: b\n        type: bash\n        command: ls\n        output_stderr: on\n    approval:\n      required: yes\n      prompt: ok?\n"
     );
-    assert_eq!(codes(&source), ["yaml11-boolean stages[0].steps[0].output_stderr", "yaml11-boolean stages[0].approval.required"]);
+    assert_eq!(
+        codes(&source),
+        [
+            "yaml11-boolean stages[0].steps[0].output_stderr",
+            "yaml11-boolean stages[0].approval.required"
+        ]
+    );
     let recipe = recipe(&source);
-    let recipe::model::Body::Staged(stages) = &recipe.body else { panic!("staged") };
+    let recipe::model::Body::Staged(stages) = &recipe.body else {
+        panic!("staged")
+    };
     assert!(stages[0].approval.as_ref().unwrap().required);
-    let parallel = format!("{HEADER}context:\n  xs: [1]\nsteps:\n  - id: l\n    agent: dev\n    prompt: p\n    foreach: \"{{{{xs}}}}\"\n    parallel: yes\n");
+    let parallel = format!(
+        "{HEADER}context:\n  xs: [1]\nsteps:\n  - id: l\n    agent: dev\n    prompt: p\n    foreach: \"{{{{xs}}}}\"\n    parallel: yes\n"
+    );
     assert_eq!(codes(&parallel), ["yaml11-boolean steps[0].parallel"]);
 }
 
@@ -58,16 +86,22 @@ fn yaml11_booleans_in_other_boolean_fields() {
 fn yaml11_booleans_in_string_fields_stay_text() {
     let source = flat("  - id: s1\n    agent: on\n    prompt: yes\n");
     assert_clean(&source);
-    let recipe::model::StepKind::Agent(agent) = first_step(&source).kind else { panic!("agent") };
+    let recipe::model::StepKind::Agent(agent) = first_step(&source).kind else {
+        panic!("agent")
+    };
     assert_eq!((agent.agent.as_str(), agent.prompt.as_str()), ("on", "yes"));
 }
 
 #[test]
 fn yaml11_booleans_in_free_values_stay_strings_with_a_warning() {
-    let source = format!("{HEADER}context:\n  flag: yes\n  quoted: \"no\"\n  real: true\nsteps:\n{AGENT}");
+    let source =
+        format!("{HEADER}context:\n  flag: yes\n  quoted: \"no\"\n  real: true\nsteps:\n{AGENT}");
     expect![[r#"warning yaml11-boolean context.flag 5:9 'yes' is a boolean in YAML 1.1 (the reference) but a string in YAML 1.2; Kiln keeps the string (quote it to silence this)"#]]
         .assert_eq(&diags(&source));
-    assert_eq!(serde_json::Value::Object(recipe(&source).context), json!({"flag": "yes", "quoted": "no", "real": true}));
+    assert_eq!(
+        serde_json::Value::Object(recipe(&source).context),
+        json!({"flag": "yes", "quoted": "no", "real": true})
+    );
     let env = flat("  - id: b\n    type: bash\n    command: ls\n    env:\n      DEBUG: off\n");
     assert_eq!(codes(&env), ["yaml11-boolean steps[0].env.DEBUG"]);
 }
@@ -88,23 +122,50 @@ fn core_schema_scalars() {
 #[test]
 fn wrong_scalar_types_say_what_was_found() {
     let cases = [
-        ("timeout: \"30\"", "error expected-integer steps[0].timeout 8:14 timeout must be an integer, found string \"30\""),
-        ("timeout: 1.5", "error expected-integer steps[0].timeout 8:14 timeout must be an integer, found number 1.5"),
-        ("timeout: [1]", "error expected-integer steps[0].timeout 8:14 timeout must be an integer, found list"),
-        ("output: 5", "error expected-string steps[0].output 8:13 output must be a string, found integer 5 (quote it: \"5\")"),
-        ("condition: {a: 1}", "error expected-string steps[0].condition 8:16 condition must be a string, found mapping"),
-        ("depends_on: {a: 1}", "error expected-list steps[0].depends_on 8:17 depends_on must be a list, found mapping"),
+        (
+            "timeout: \"30\"",
+            "error expected-integer steps[0].timeout 8:14 timeout must be an integer, found string \"30\"",
+        ),
+        (
+            "timeout: 1.5",
+            "error expected-integer steps[0].timeout 8:14 timeout must be an integer, found number 1.5",
+        ),
+        (
+            "timeout: [1]",
+            "error expected-integer steps[0].timeout 8:14 timeout must be an integer, found list",
+        ),
+        (
+            "output: 5",
+            "error expected-string steps[0].output 8:13 output must be a string, found integer 5 (quote it: \"5\")",
+        ),
+        (
+            "condition: {a: 1}",
+            "error expected-string steps[0].condition 8:16 condition must be a string, found mapping",
+        ),
+        (
+            "depends_on: {a: 1}",
+            "error expected-list steps[0].depends_on 8:17 depends_on must be a list, found mapping",
+        ),
     ];
     for (line, expected) in cases {
-        assert_eq!(diags(&flat(&format!("{AGENT}    {line}\n"))), expected, "{line}");
+        assert_eq!(
+            diags(&flat(&format!("{AGENT}    {line}\n"))),
+            expected,
+            "{line}"
+        );
     }
     // Integer-valued floats are integers.
-    assert_eq!(first_step(&flat(&format!("{AGENT}    timeout: 30.0\n"))).timeout_secs, 30);
+    assert_eq!(
+        first_step(&flat(&format!("{AGENT}    timeout: 30.0\n"))).timeout_secs,
+        30
+    );
 }
 
 #[test]
 fn unknown_top_level_keys_warn_known_extras_are_silent() {
-    let source = format!("naem: x\n{HEADER}stesp: []\nmetadata: {{a: 1}}\noutput: final\nvalidation: {{}}\nsteps:\n{AGENT}");
+    let source = format!(
+        "naem: x\n{HEADER}stesp: []\nmetadata: {{a: 1}}\noutput: final\nvalidation: {{}}\nsteps:\n{AGENT}"
+    );
     expect![[r#"
         warning unknown-top-level-key naem 1:1 unknown top-level field 'naem'; did you mean 'name'?
         warning unknown-top-level-key stesp 5:1 unknown top-level field 'stesp'; did you mean 'steps'?"#]]
@@ -160,19 +221,30 @@ fn columns_count_characters_not_bytes() {
     let source = flat("  - id: s1\n    agent: dev\n    prompt: \"héllo wörld {{ghost}}\"\n");
     let diagnostic = &checked(&source).diagnostics[0];
     assert_eq!((diagnostic.line, diagnostic.column), (7, 26));
-    assert_eq!(&source[diagnostic.span.start..diagnostic.span.end], "{{ghost}}");
+    assert_eq!(
+        &source[diagnostic.span.start..diagnostic.span.end],
+        "{{ghost}}"
+    );
 }
 
 #[test]
 fn hostile_input_bounds() {
-    let big = format!("{HEADER}context:\n  blob: \"{}\"\nsteps:\n{AGENT}", "x".repeat(1024 * 1024));
+    let big = format!(
+        "{HEADER}context:\n  blob: \"{}\"\nsteps:\n{AGENT}",
+        "x".repeat(1024 * 1024)
+    );
     let checked_big = checked(&big);
     assert!(checked_big.recipe.is_none());
     assert_eq!(checked_big.diagnostics.len(), 1);
     assert_eq!(checked_big.diagnostics[0].code, "source-too-large");
 
-    let deep = format!("{HEADER}context:\n  x: {}{}\n", "[".repeat(70), "]".repeat(70));
-    expect!["error yaml-too-deep <root> 5:68 YAML nesting is deeper than 64 levels"].assert_eq(&diags(&deep));
+    let deep = format!(
+        "{HEADER}context:\n  x: {}{}\n",
+        "[".repeat(70),
+        "]".repeat(70)
+    );
+    expect!["error yaml-too-deep <root> 5:68 YAML nesting is deeper than 64 levels"]
+        .assert_eq(&diags(&deep));
 
     // Billion laughs: each level doubles; the alias budget stops it.
     let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
