@@ -15,3 +15,6 @@ mod flow;
 
 #[path = "engine/loops.rs"]
 mod loops;
+
+#[path = "engine/composition.rs"]
+mod composition;

@@ -624,6 +624,9 @@ async fn run_bash(
     })
 }
 
+/// Validation codes about variable references, not blocking for sub-recipes.
+const VARIABLE_CODES: [&str; 4] = ["undefined-variable", "unknown-namespace", "unknown-context-key", "not-a-dict"];
+
 /// Keys never returned from a sub-recipe (section 5.4).
 const INTERNAL_KEYS: [&str; 5] = ["recipe", "session", "step", "stage", "_skipped_steps"];
 
@@ -673,11 +676,17 @@ async fn run_sub_recipe(
         Ok(Ok(source)) => source,
     };
     let checked = check(&source, &CheckOptions::default());
-    let child_recipe = match checked.recipe {
-        Some(recipe) if !checked.has_errors() => recipe,
+    // A child's variables come from the passed context at run time, so
+    // reference checks are left to rendering (which fails with the exact path).
+    let blocking: Vec<_> = checked
+        .errors()
+        .filter(|d| !VARIABLE_CODES.contains(&d.code.as_str()))
+        .collect();
+    let child_recipe = match checked.recipe.clone() {
+        Some(recipe) if blocking.is_empty() => recipe,
         _ => {
-            let problems: Vec<String> = checked
-                .errors()
+            let problems: Vec<String> = blocking
+                .iter()
                 .take(5)
                 .map(|d| format!("{} ({}:{})", d.message, d.line, d.column))
                 .collect();

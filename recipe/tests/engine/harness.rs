@@ -136,6 +136,8 @@ pub struct Fake {
     pub approval_requests: Mutex<Vec<ApprovalRequest>>,
     pub checkpoints: Mutex<Vec<Checkpoint>>,
     pub cancelled_steps: Mutex<Vec<String>>,
+    /// Every step's cancellation token, by step id.
+    pub tokens: Mutex<Vec<(String, CancellationToken)>>,
     pub agent_start_ms: Mutex<Vec<u64>>,
     running: AtomicUsize,
     pub max_running: AtomicUsize,
@@ -163,6 +165,7 @@ impl Fake {
             approval_requests: Mutex::new(Vec::new()),
             checkpoints: Mutex::new(Vec::new()),
             cancelled_steps: Mutex::new(Vec::new()),
+            tokens: Mutex::new(Vec::new()),
             agent_start_ms: Mutex::new(Vec::new()),
             running: AtomicUsize::new(0),
             max_running: AtomicUsize::new(0),
@@ -208,7 +211,14 @@ impl Fake {
         RunningGuard(&self.running)
     }
 
+    /// Steps whose cancellation token fired (timeout or cancel).
+    pub fn cancelled_tokens(&self) -> Vec<String> {
+        let tokens = self.tokens.lock().unwrap();
+        tokens.iter().filter(|(_, t)| t.is_cancelled()).map(|(id, _)| id.clone()).collect()
+    }
+
     async fn play<T>(&self, reply: Reply<T>, io: &StepIo) -> Result<T, RunnerError> {
+        self.tokens.lock().unwrap().push((io.step_id().to_string(), io.cancel().clone()));
         for chunk in reply.chunks {
             io.output(recipe::event::OutputStream::Stdout, chunk).await;
         }
