@@ -18,3 +18,6 @@ mod loops;
 
 #[path = "engine/composition.rs"]
 mod composition;
+
+#[path = "engine/errors.rs"]
+mod errors;
