@@ -21,3 +21,9 @@ mod composition;
 
 #[path = "engine/errors.rs"]
 mod errors;
+
+#[path = "engine/cancel.rs"]
+mod cancel;
+
+#[path = "engine/json.rs"]
+mod json;
