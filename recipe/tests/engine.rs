@@ -27,3 +27,6 @@ mod cancel;
 
 #[path = "engine/json.rs"]
 mod json;
+
+#[path = "engine/checkpoint.rs"]
+mod checkpoint;
