@@ -625,7 +625,12 @@ async fn run_bash(
 }
 
 /// Validation codes about variable references, not blocking for sub-recipes.
-const VARIABLE_CODES: [&str; 4] = ["undefined-variable", "unknown-namespace", "unknown-context-key", "not-a-dict"];
+const VARIABLE_CODES: [&str; 4] = [
+    "undefined-variable",
+    "unknown-namespace",
+    "unknown-context-key",
+    "not-a-dict",
+];
 
 /// Keys never returned from a sub-recipe (section 5.4).
 const INTERNAL_KEYS: [&str; 5] = ["recipe", "session", "step", "stage", "_skipped_steps"];

@@ -26,7 +26,9 @@ async fn cancel_mid_step_interrupts_it() {
     let recipe = flat(
         "  - id: one\n    type: bash\n    command: sleep 100\n  - id: two\n    type: bash\n    command: echo two\n",
     );
-    let fake = Fake::new().bash(|_, _| exit(0, "done\n").after(100.0)).arc();
+    let fake = Fake::new()
+        .bash(|_, _| exit(0, "done\n").after(100.0))
+        .arc();
     let started = tokio::time::Instant::now();
     let ran = run_with(&recipe, json!({}), &fake, cancel_after(3)).await;
     assert_eq!(ran.outcome.status, RunStatus::Cancelled);
@@ -59,7 +61,9 @@ async fn cancel_during_foreach_stops_before_the_next_iteration() {
     ));
     // Each call takes 10 s; cancel during the 2nd call. Unlike the reference
     // (which finished the running call), Kiln interrupts the 2nd call.
-    let fake = Fake::new().agent(|request, _| text(&request.prompt).after(10.0)).arc();
+    let fake = Fake::new()
+        .agent(|request, _| text(&request.prompt).after(10.0))
+        .arc();
     let ran = run_with(&recipe, json!({}), &fake, cancel_after(15)).await;
     assert_eq!(ran.outcome.status, RunStatus::Cancelled);
     assert_eq!(fake.prompts(), ["1", "2"]);
@@ -68,8 +72,13 @@ async fn cancel_during_foreach_stops_before_the_next_iteration() {
 #[tokio::test(start_paused = true)]
 async fn cancel_reaches_sub_recipes_and_parallel_iterations() {
     let child = "name: child\ndescription: c\nversion: 1.0.0\nsteps:\n  - id: inner\n    type: bash\n    command: slow\n  - id: inner2\n    type: bash\n    command: never\n";
-    let recipe = flat("  - id: call\n    type: recipe\n    recipe: child.yaml\n  - id: after\n    type: bash\n    command: never\n");
-    let fake = Fake::new().recipe("child.yaml", child).bash(|_, _| exit(0, "").after(50.0)).arc();
+    let recipe = flat(
+        "  - id: call\n    type: recipe\n    recipe: child.yaml\n  - id: after\n    type: bash\n    command: never\n",
+    );
+    let fake = Fake::new()
+        .recipe("child.yaml", child)
+        .bash(|_, _| exit(0, "").after(50.0))
+        .arc();
     let ran = run_with(&recipe, json!({}), &fake, cancel_after(5)).await;
     assert_eq!(ran.outcome.status, RunStatus::Cancelled);
     assert_eq!(fake.scripts(), ["slow"]);

@@ -11,12 +11,21 @@ fn checkpointed(n_items: usize, collect: bool) -> recipe::model::Recipe {
     load(&format!(
         "{HEADER}context:\n  items: [{}]\nsteps:\n  - id: first\n    type: bash\n    command: first\n    output: f\n  - id: loop\n    agent: dev\n    prompt: \"r{{{{item}}}}\"\n    foreach: \"{{{{items}}}}\"\n    checkpoint_iterations: true\n{}  - id: last\n    type: bash\n    command: last\n    output: final_output\n",
         items.join(", "),
-        if collect { "    collect: results\n" } else { "" }
+        if collect {
+            "    collect: results\n"
+        } else {
+            ""
+        }
     ))
 }
 
 fn foreach_records(fake: &Fake) -> Vec<Option<ForeachProgress>> {
-    fake.checkpoints.lock().unwrap().iter().map(|c| c.foreach.clone()).collect()
+    fake.checkpoints
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| c.foreach.clone())
+        .collect()
 }
 
 #[tokio::test(start_paused = true)]
@@ -25,9 +34,15 @@ async fn each_iteration_saves_progress() {
     let ran = run(&checkpointed(3, true), json!({}), &fake).await;
     assert_eq!(ran.outcome.status, RunStatus::Succeeded);
     let records = foreach_records(&fake);
-    let completed: Vec<Option<u64>> = records.iter().map(|r| r.as_ref().map(|p| p.completed)).collect();
+    let completed: Vec<Option<u64>> = records
+        .iter()
+        .map(|r| r.as_ref().map(|p| p.completed))
+        .collect();
     // after `first`, 3 iterations, after `loop` (record dropped), after `last`, final.
-    assert_eq!(completed, [None, Some(1), Some(2), Some(3), None, None, None]);
+    assert_eq!(
+        completed,
+        [None, Some(1), Some(2), Some(3), None, None, None]
+    );
     let progress = records[2].clone().unwrap();
     assert_eq!(progress.collected, Some(vec![json!("ri1"), json!("ri2")]));
     assert_eq!(progress.total, 3);
@@ -39,7 +54,8 @@ async fn each_iteration_saves_progress() {
     let fake = Fake::new().arc();
     run(&checkpointed(2, false), json!({}), &fake).await;
     assert_eq!(foreach_records(&fake)[1].clone().unwrap().collected, None);
-    let recipe = flat("  - id: l\n    agent: dev\n    prompt: x\n    foreach: \"{{recipe.tags}}\"\n");
+    let recipe =
+        flat("  - id: l\n    agent: dev\n    prompt: x\n    foreach: \"{{recipe.tags}}\"\n");
     let fake = Fake::new().arc();
     let _ = run(&recipe, json!({}), &fake).await;
     assert!(foreach_records(&fake).iter().all(Option::is_none));
@@ -50,7 +66,13 @@ async fn crash_mid_loop_then_resume_runs_only_the_rest() {
     let recipe = checkpointed(5, true);
     // The 4th iteration fails (a crash stand-in); the run stops there.
     let fake = Fake::new()
-        .agent(|request, _| if request.prompt == "ri4" { Reply::err("crash") } else { text(&request.prompt) })
+        .agent(|request, _| {
+            if request.prompt == "ri4" {
+                Reply::err("crash")
+            } else {
+                text(&request.prompt)
+            }
+        })
         .arc();
     let ran = run(&recipe, json!({}), &fake).await;
     assert_eq!(ran.outcome.status, RunStatus::Failed);
@@ -64,10 +86,18 @@ async fn crash_mid_loop_then_resume_runs_only_the_rest() {
 
     let fresh = Fake::new().arc();
     let resumed = resume(&recipe, checkpoint, &fresh).await;
-    assert_eq!(resumed.outcome.status, RunStatus::Succeeded, "{}", resumed.error());
+    assert_eq!(
+        resumed.outcome.status,
+        RunStatus::Succeeded,
+        "{}",
+        resumed.error()
+    );
     assert_eq!(fresh.prompts(), ["ri4", "ri5"]);
     assert_eq!(fresh.scripts(), ["last"], "`first` is not run again");
-    assert_eq!(resumed.ctx("results"), Some(&json!(["ri1", "ri2", "ri3", "ri4", "ri5"])));
+    assert_eq!(
+        resumed.ctx("results"),
+        Some(&json!(["ri1", "ri2", "ri3", "ri4", "ri5"]))
+    );
     assert_eq!(resumed.outcome.final_output, Some(json!("last")));
     assert_eq!(resumed.lines()[0], "start flat resumed");
 }
@@ -84,18 +114,26 @@ async fn resume_edge_cases() {
     let fresh = Fake::new().arc();
     let resumed = resume(&recipe, checkpoints[4].clone(), &fresh).await;
     assert!(fresh.prompts().is_empty());
-    assert_eq!(resumed.ctx("results"), Some(&json!(["ri1", "ri2", "ri3", "ri4"])));
+    assert_eq!(
+        resumed.ctx("results"),
+        Some(&json!(["ri1", "ri2", "ri3", "ri4"]))
+    );
     assert_eq!(fresh.scripts(), ["last"]);
 
     // At the step after the loop: only that step runs, earlier results kept.
     let fresh = Fake::new().arc();
     let resumed = resume(&recipe, checkpoints[5].clone(), &fresh).await;
     assert_eq!(fresh.scripts(), ["last"]);
-    assert_eq!(resumed.ctx("results"), Some(&json!(["ri1", "ri2", "ri3", "ri4"])));
+    assert_eq!(
+        resumed.ctx("results"),
+        Some(&json!(["ri1", "ri2", "ri3", "ri4"]))
+    );
 
     // A changed item count is reported.
     let mut changed = checkpoints[2].clone();
-    changed.context.insert("items".into(), json!(["i1", "i2", "i3", "i4", "i5"]));
+    changed
+        .context
+        .insert("items".into(), json!(["i1", "i2", "i3", "i4", "i5"]));
     let fresh = Fake::new().arc();
     let resumed = resume(&recipe, changed, &fresh).await;
     assert!(resumed.lines().contains(&"warn loop".to_string()));
@@ -118,11 +156,20 @@ async fn large_values_survive_checkpoint_and_resume() {
     );
     let big_out = format!("{big}\n");
     let fake = Fake::new()
-        .bash(move |request, _| if request.script == "make" { exit(0, &big_out) } else { Reply::err("crash") })
+        .bash(move |request, _| {
+            if request.script == "make" {
+                exit(0, &big_out)
+            } else {
+                Reply::err("crash")
+            }
+        })
         .arc();
     let ran = run(&recipe, json!({}), &fake).await;
     assert_eq!(ran.outcome.status, RunStatus::Failed);
-    let checkpoint = serde_json::from_str::<Checkpoint>(&serde_json::to_string(&ran.outcome.checkpoint).unwrap()).unwrap();
+    let checkpoint = serde_json::from_str::<Checkpoint>(
+        &serde_json::to_string(&ran.outcome.checkpoint).unwrap(),
+    )
+    .unwrap();
     let fresh = Fake::new().arc();
     let resumed = resume(&recipe, checkpoint, &fresh).await;
     assert_eq!(resumed.outcome.status, RunStatus::Succeeded);
@@ -131,8 +178,18 @@ async fn large_values_survive_checkpoint_and_resume() {
 
 #[tokio::test(start_paused = true)]
 async fn sequence_numbers_continue_after_resume() {
-    let recipe = flat("  - id: a\n    type: bash\n    command: a\n  - id: b\n    type: bash\n    command: b\n");
-    let fake = Fake::new().bash(|request, _| if request.script == "b" { Reply::err("x") } else { exit(0, "") }).arc();
+    let recipe = flat(
+        "  - id: a\n    type: bash\n    command: a\n  - id: b\n    type: bash\n    command: b\n",
+    );
+    let fake = Fake::new()
+        .bash(|request, _| {
+            if request.script == "b" {
+                Reply::err("x")
+            } else {
+                exit(0, "")
+            }
+        })
+        .arc();
     let ran = run(&recipe, json!({}), &fake).await;
     let checkpoint = ran.outcome.checkpoint.clone();
     assert_eq!(checkpoint.next_seq, ran.events.len() as u64);
@@ -140,5 +197,8 @@ async fn sequence_numbers_continue_after_resume() {
     let fresh = Fake::new().arc();
     let resumed = resume(&recipe, checkpoint, &fresh).await;
     assert_eq!(resumed.outcome.status, RunStatus::Succeeded);
-    assert_eq!(resumed.lines(), ["start flat resumed", "run b", "done b", "end Succeeded"]);
+    assert_eq!(
+        resumed.lines(),
+        ["start flat resumed", "run b", "done b", "end Succeeded"]
+    );
 }

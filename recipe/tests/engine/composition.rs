@@ -34,7 +34,11 @@ async fn child_does_not_see_parent_variables() {
     let fake = Fake::new().recipe("child.yaml", child).arc();
     let ran = run(&recipe, json!({}), &fake).await;
     assert_eq!(ran.outcome.status, RunStatus::Failed);
-    assert!(ran.error().contains("Undefined variable: {{secret}}"), "{}", ran.error());
+    assert!(
+        ran.error().contains("Undefined variable: {{secret}}"),
+        "{}",
+        ran.error()
+    );
     assert!(fake.prompts().is_empty());
 }
 
@@ -52,14 +56,15 @@ async fn child_output_named_output_does_not_hide_siblings() {
 async fn recursion_depth_limit() {
     let a = "name: a\ndescription: c\nversion: 1.0.0\nsteps:\n  - id: to_b\n    type: recipe\n    recipe: b.yaml\n";
     let b = "name: b\ndescription: c\nversion: 1.0.0\nsteps:\n  - id: to_a\n    type: recipe\n    recipe: a.yaml\n";
-    let recipe = load(&format!(
-        "name: a\ndescription: c\nversion: 1.0.0\nrecursion:\n  max_depth: 2\nsteps:\n  - id: to_b\n    type: recipe\n    recipe: b.yaml\n"
-    ));
+    let recipe = load(
+        "name: a\ndescription: c\nversion: 1.0.0\nrecursion:\n  max_depth: 2\nsteps:\n  - id: to_b\n    type: recipe\n    recipe: b.yaml\n",
+    );
     let fake = Fake::new().recipe("a.yaml", a).recipe("b.yaml", b).arc();
     let ran = run(&recipe, json!({}), &fake).await;
     assert_eq!(ran.outcome.status, RunStatus::Failed);
     assert!(
-        ran.error().contains("Recipe recursion depth 2 exceeds limit 2. Stack: a -> b -> a.yaml"),
+        ran.error()
+            .contains("Recipe recursion depth 2 exceeds limit 2. Stack: a -> b -> a.yaml"),
         "{}",
         ran.error()
     );
@@ -75,7 +80,11 @@ async fn total_steps_limit_is_shared_down_the_tree() {
     let ran = run(&recipe, json!({}), &fake).await;
     assert_eq!(ran.outcome.status, RunStatus::Failed);
     // Reaching the limit counts as exceeding it: 4 calls run, the 5th fails.
-    assert!(ran.error().contains("Total steps 5 exceeds limit 5"), "{}", ran.error());
+    assert!(
+        ran.error().contains("Total steps 5 exceeds limit 5"),
+        "{}",
+        ran.error()
+    );
     assert_eq!(fake.prompts().len(), 4);
     assert_eq!(ran.outcome.failed_step.as_deref(), Some("c2"));
 }
@@ -88,7 +97,11 @@ async fn step_level_recursion_override_applies_to_the_child() {
     );
     let fake = Fake::new().recipe("child.yaml", child).arc();
     let ran = run(&recipe, json!({}), &fake).await;
-    assert!(ran.error().contains("Total steps 2 exceeds limit 2"), "{}", ran.error());
+    assert!(
+        ran.error().contains("Total steps 2 exceeds limit 2"),
+        "{}",
+        ran.error()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -102,7 +115,10 @@ async fn child_failure_propagates_or_honours_on_error() {
         let recipe = flat(&format!(
             "  - id: call\n    type: recipe\n    recipe: child.yaml\n    output: res\n    on_error: {on_error}\n  - id: next\n    type: bash\n    command: next\n"
         ));
-        let fake = Fake::new().recipe("child.yaml", child).agent(|_, _| Reply::err("spawn failed")).arc();
+        let fake = Fake::new()
+            .recipe("child.yaml", child)
+            .agent(|_, _| Reply::err("spawn failed"))
+            .arc();
         let ran = run(&recipe, json!({}), &fake).await;
         // The reference ignored on_error on recipe steps (always fatal).
         assert_eq!(ran.outcome.status, status, "{on_error}");
@@ -122,7 +138,8 @@ async fn child_failure_propagates_or_honours_on_error() {
         }
     }
     // A missing sub-recipe honours on_error too.
-    let recipe = flat("  - id: call\n    type: recipe\n    recipe: missing.yaml\n    on_error: continue\n");
+    let recipe =
+        flat("  - id: call\n    type: recipe\n    recipe: missing.yaml\n    on_error: continue\n");
     let fake = Fake::new().arc();
     let ran = run(&recipe, json!({}), &fake).await;
     assert_eq!(ran.outcome.status, RunStatus::Succeeded);
@@ -169,11 +186,17 @@ async fn sub_recipe_steps_have_timeouts() {
     // The reference gave sub-recipes no time limit (W4).
     let child = "name: child\ndescription: c\nversion: 1.0.0\nsteps:\n  - id: slow\n    type: bash\n    command: sleep\n";
     let recipe = flat("  - id: call\n    type: recipe\n    recipe: child.yaml\n    timeout: 5\n");
-    let fake = Fake::new().recipe("child.yaml", child).bash(|_, _| exit(0, "").after(100.0)).arc();
+    let fake = Fake::new()
+        .recipe("child.yaml", child)
+        .bash(|_, _| exit(0, "").after(100.0))
+        .arc();
     let started = tokio::time::Instant::now();
     let ran = run(&recipe, json!({}), &fake).await;
     assert_eq!(ran.outcome.status, RunStatus::Failed);
-    assert_eq!(ran.error(), "Step 'call': sub-recipe 'child.yaml' timed out after 5s");
+    assert_eq!(
+        ran.error(),
+        "Step 'call': sub-recipe 'child.yaml' timed out after 5s"
+    );
     assert_eq!(started.elapsed().as_secs(), 5);
     assert_eq!(fake.cancelled_tokens(), ["call/slow"]);
 }
@@ -182,8 +205,14 @@ async fn sub_recipe_steps_have_timeouts() {
 async fn gates_inside_sub_recipes_use_compound_stage_names() {
     let child = "name: child\ndescription: c\nversion: 1.0.0\nstages:\n  - name: review\n    steps:\n      - id: s\n        agent: dev\n        prompt: x\n    approval:\n      required: true\n      prompt: ok?\n";
     let recipe = flat("  - id: call\n    type: recipe\n    recipe: child.yaml\n");
-    let fake = Fake::new().recipe("child.yaml", child).plan(deny("no")).arc();
+    let fake = Fake::new()
+        .recipe("child.yaml", child)
+        .plan(deny("no"))
+        .arc();
     let ran = run(&recipe, json!({}), &fake).await;
     assert_eq!(ran.outcome.status, RunStatus::Denied);
-    assert_eq!(fake.approval_requests.lock().unwrap()[0].stage, "call/review");
+    assert_eq!(
+        fake.approval_requests.lock().unwrap()[0].stage,
+        "call/review"
+    );
 }

@@ -20,7 +20,13 @@ const AGENT_B: &str = "    agent: dev\n    prompt: b\n";
 
 fn failing_b() -> std::sync::Arc<Fake> {
     Fake::new()
-        .bash(|request, _| if request.script == "b" { exit(42, "partial\n") } else { exit(0, &format!("{}\n", request.script)) })
+        .bash(|request, _| {
+            if request.script == "b" {
+                exit(42, "partial\n")
+            } else {
+                exit(0, &format!("{}\n", request.script))
+            }
+        })
         .agent(|_, _| Reply::err("model down"))
         .arc()
 }
@@ -30,9 +36,15 @@ async fn bash_non_zero_exit_matrix() {
     // fail
     let ran = run(&three_steps(BASH_B, "fail"), json!({}), &failing_b()).await;
     assert_eq!(ran.outcome.status, RunStatus::Failed);
-    assert_eq!(ran.error(), "Step 'b': command failed with exit code 42: boom");
+    assert_eq!(
+        ran.error(),
+        "Step 'b': command failed with exit code 42: boom"
+    );
     assert_eq!(ran.ctx("b_code"), None, "not written under fail");
-    assert_eq!(ran.outcome.checkpoint.position.step, 1, "resume re-runs the failed step");
+    assert_eq!(
+        ran.outcome.checkpoint.position.step, 1,
+        "resume re-runs the failed step"
+    );
     // continue: stdout is the result, the exit code is recorded as text.
     let fake = failing_b();
     let ran = run(&three_steps(BASH_B, "continue"), json!({}), &fake).await;
@@ -51,7 +63,12 @@ async fn bash_non_zero_exit_matrix() {
     assert_eq!(fake.scripts(), ["a", "b"]);
     assert_eq!(
         ran.lines()[3..],
-        ["run b", "fail b SkipRemaining", "skip c by b", "end Partial"]
+        [
+            "run b",
+            "fail b SkipRemaining",
+            "skip c by b",
+            "end Partial"
+        ]
     );
 }
 
@@ -62,7 +79,12 @@ async fn agent_failure_matrix() {
     let ran = run(&three_steps(AGENT_B, "continue"), json!({}), &failing_b()).await;
     assert_eq!(ran.outcome.status, RunStatus::Succeeded);
     assert_eq!(ran.ctx("b_out"), Some(&Value::Null));
-    let ran = run(&three_steps(AGENT_B, "skip_remaining"), json!({}), &failing_b()).await;
+    let ran = run(
+        &three_steps(AGENT_B, "skip_remaining"),
+        json!({}),
+        &failing_b(),
+    )
+    .await;
     assert_eq!(ran.outcome.status, RunStatus::Partial);
     assert_eq!(ran.ctx("c_out"), None);
 }
@@ -84,23 +106,41 @@ async fn bash_timeout_honours_on_error() {
         "  - id: slow\n    type: bash\n    command: sleep 10\n    timeout: 1\n    on_error: continue\n    output: r\n  - id: next\n    type: bash\n    command: next\n",
     );
     let fake = Fake::new()
-        .bash(|request, _| if request.script == "next" { exit(0, "n\n") } else { exit(0, "late").after(10.0) })
+        .bash(|request, _| {
+            if request.script == "next" {
+                exit(0, "n\n")
+            } else {
+                exit(0, "late").after(10.0)
+            }
+        })
         .arc();
     let started = tokio::time::Instant::now();
     let ran = run(&recipe, json!({}), &fake).await;
     assert_eq!(ran.outcome.status, RunStatus::Succeeded);
-    assert_eq!(started.elapsed().as_secs(), 1, "the timeout does not wait for the process");
+    assert_eq!(
+        started.elapsed().as_secs(),
+        1,
+        "the timeout does not wait for the process"
+    );
     assert_eq!(ran.ctx("r"), Some(&Value::Null));
     assert_eq!(fake.cancelled_tokens(), ["slow"]);
     let failed = ran
         .events
         .iter()
         .find_map(|e| match e {
-            Event::StepFailed { error, handling, .. } => Some((error.clone(), *handling)),
+            Event::StepFailed {
+                error, handling, ..
+            } => Some((error.clone(), *handling)),
             _ => None,
         })
         .unwrap();
-    assert_eq!(failed, ("command timed out after 1s".to_string(), FailureHandling::Continue));
+    assert_eq!(
+        failed,
+        (
+            "command timed out after 1s".to_string(),
+            FailureHandling::Continue
+        )
+    );
 
     let recipe = flat("  - id: slow\n    type: bash\n    command: sleep 10\n    timeout: 1\n");
     let fake = Fake::new().bash(|_, _| exit(0, "").after(10.0)).arc();
@@ -134,14 +174,23 @@ async fn retry_applies_to_bash_with_exponential_backoff() {
     let recipe = flat(
         "  - id: flaky\n    type: bash\n    command: try\n    output: r\n    retry:\n      max_attempts: 3\n      initial_delay: 2\n      max_delay: 3\n",
     );
-    let fake = Fake::new().bash(|_, n| if n < 2 { exit(1, "") } else { exit(0, "ok\n") }).arc();
+    let fake = Fake::new()
+        .bash(|_, n| if n < 2 { exit(1, "") } else { exit(0, "ok\n") })
+        .arc();
     let started = tokio::time::Instant::now();
     let ran = run(&recipe, json!({}), &fake).await;
     assert_eq!(ran.outcome.status, RunStatus::Succeeded);
     assert_eq!(ran.ctx("r"), Some(&json!("ok")));
     assert_eq!(
         ran.lines(),
-        ["start flat", "run flaky", "retry flaky 1 2000", "retry flaky 2 3000", "done flaky", "end Succeeded"]
+        [
+            "start flat",
+            "run flaky",
+            "retry flaky 1 2000",
+            "retry flaky 2 3000",
+            "done flaky",
+            "end Succeeded"
+        ]
     );
     assert_eq!(started.elapsed().as_secs(), 5);
 }
@@ -156,7 +205,10 @@ async fn retry_linear_and_exhausted() {
     assert_eq!(ran.outcome.status, RunStatus::Failed);
     assert_eq!(ran.error(), "Step 'flaky': nope");
     assert_eq!(fake.prompts().len(), 3);
-    assert_eq!(ran.lines()[2..4], ["retry flaky 1 1000", "retry flaky 2 1000"]);
+    assert_eq!(
+        ran.lines()[2..4],
+        ["retry flaky 1 1000", "retry flaky 2 1000"]
+    );
     // One agent execution counts once against max_total_steps, whatever the retries.
     assert_eq!(ran.outcome.checkpoint.total_steps, 1);
 }
@@ -172,7 +224,9 @@ fn item2_crashes() -> std::sync::Arc<Fake> {
         .bash(|request, _| {
             if request.script == "touch item2" {
                 Reply {
-                    result: Err(RunnerError::Failed { message: "spawn failed".into() }),
+                    result: Err(RunnerError::Failed {
+                        message: "spawn failed".into(),
+                    }),
                     delay: std::time::Duration::ZERO,
                     chunks: Vec::new(),
                 }
@@ -188,13 +242,26 @@ async fn sequential_foreach_on_error_matrix() {
     let fake = item2_crashes();
     let ran = run(&looped("continue", ""), json!({}), &fake).await;
     assert_eq!(ran.outcome.status, RunStatus::Succeeded);
-    assert_eq!(ran.ctx("results"), Some(&json!(["touch item1", null, "touch item3"])));
-    assert_eq!(ran.lines().iter().filter(|l| l.starts_with("iter_fail")).count(), 1);
+    assert_eq!(
+        ran.ctx("results"),
+        Some(&json!(["touch item1", null, "touch item3"]))
+    );
+    assert_eq!(
+        ran.lines()
+            .iter()
+            .filter(|l| l.starts_with("iter_fail"))
+            .count(),
+        1
+    );
 
     let fake = item2_crashes();
     let ran = run(&looped("skip_remaining", ""), json!({}), &fake).await;
     assert_eq!(ran.outcome.status, RunStatus::Partial);
-    assert_eq!(fake.scripts(), ["touch item1", "touch item2"], "item3 and after never run");
+    assert_eq!(
+        fake.scripts(),
+        ["touch item1", "touch item2"],
+        "item3 and after never run"
+    );
     assert_eq!(ran.ctx("results"), None);
 
     let fake = item2_crashes();
@@ -205,7 +272,13 @@ async fn sequential_foreach_on_error_matrix() {
 
     // A non-zero exit under continue collects stdout (compatible with the reference).
     let fake = Fake::new()
-        .bash(|request, _| if request.script == "touch item2" { exit(2, "half\n") } else { exit(0, "ok\n") })
+        .bash(|request, _| {
+            if request.script == "touch item2" {
+                exit(2, "half\n")
+            } else {
+                exit(0, "ok\n")
+            }
+        })
         .arc();
     let ran = run(&looped("continue", ""), json!({}), &fake).await;
     assert_eq!(ran.ctx("results"), Some(&json!(["ok", "half", "ok"])));
@@ -214,21 +287,40 @@ async fn sequential_foreach_on_error_matrix() {
 #[tokio::test(start_paused = true)]
 async fn parallel_foreach_on_error_matrix() {
     let fake = item2_crashes();
-    let ran = run(&looped("continue", "    parallel: true\n"), json!({}), &fake).await;
+    let ran = run(
+        &looped("continue", "    parallel: true\n"),
+        json!({}),
+        &fake,
+    )
+    .await;
     assert_eq!(ran.outcome.status, RunStatus::Succeeded);
-    assert_eq!(ran.ctx("results"), Some(&json!(["touch item1", null, "touch item3"])));
+    assert_eq!(
+        ran.ctx("results"),
+        Some(&json!(["touch item1", null, "touch item3"]))
+    );
 
     // The reference treated skip_remaining like fail in parallel loops (W20).
     // Kiln: every iteration finishes, results are stored, the rest is skipped.
     let fake = item2_crashes();
-    let ran = run(&looped("skip_remaining", "    parallel: true\n"), json!({}), &fake).await;
+    let ran = run(
+        &looped("skip_remaining", "    parallel: true\n"),
+        json!({}),
+        &fake,
+    )
+    .await;
     assert_eq!(ran.outcome.status, RunStatus::Partial);
-    assert_eq!(ran.ctx("results"), Some(&json!(["touch item1", null, "touch item3"])));
+    assert_eq!(
+        ran.ctx("results"),
+        Some(&json!(["touch item1", null, "touch item3"]))
+    );
     assert!(!fake.scripts().contains(&"after".to_string()));
 
     let fake = item2_crashes();
     let ran = run(&looped("fail", "    parallel: true\n"), json!({}), &fake).await;
-    assert_eq!(ran.error(), "Step 'l': 1/3 iterations failed: iteration 1 failed: spawn failed");
+    assert_eq!(
+        ran.error(),
+        "Step 'l': 1/3 iterations failed: iteration 1 failed: spawn failed"
+    );
     assert_eq!(fake.scripts().len(), 3);
 }
 
@@ -237,7 +329,9 @@ async fn rate_limiting_caps_concurrency_and_spaces_calls() {
     let recipe = load(&format!(
         "{HEADER}context:\n  items: [1, 2, 3]\nrate_limiting:\n  max_concurrent_llm: 1\n  min_delay_ms: 500\nsteps:\n  - id: p\n    agent: dev\n    prompt: \"{{{{item}}}}\"\n    foreach: \"{{{{items}}}}\"\n    parallel: true\n"
     ));
-    let fake = Fake::new().agent(|request, _| text(&request.prompt).after(2.0)).arc();
+    let fake = Fake::new()
+        .agent(|request, _| text(&request.prompt).after(2.0))
+        .arc();
     run(&recipe, json!({}), &fake).await;
     assert_eq!(fake.max_running.load(Ordering::SeqCst), 1);
     let starts = fake.agent_start_ms.lock().unwrap().clone();
@@ -254,7 +348,9 @@ async fn rate_limit_errors_back_off() {
         .agent(|_, n| {
             if n < 2 {
                 Reply {
-                    result: Err(RunnerError::RateLimited { message: "HTTP 429".into() }),
+                    result: Err(RunnerError::RateLimited {
+                        message: "HTTP 429".into(),
+                    }),
                     delay: std::time::Duration::ZERO,
                     chunks: Vec::new(),
                 }

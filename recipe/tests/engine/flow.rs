@@ -18,7 +18,14 @@ async fn flat_run_emits_the_full_lifecycle() {
     assert_eq!(ran.outcome.status, RunStatus::Succeeded);
     assert_eq!(
         ran.lines(),
-        ["start flat", "run build", "done build", "run review", "done review", "end Succeeded"]
+        [
+            "start flat",
+            "run build",
+            "done build",
+            "run review",
+            "done review",
+            "end Succeeded"
+        ]
     );
     // Bash text loses one trailing newline (Kiln policy; the reference kept it).
     assert_eq!(ran.ctx("built"), Some(&json!("echo hi")));
@@ -51,7 +58,17 @@ async fn streamed_output_becomes_step_output_events_in_order() {
         })
         .arc();
     let ran = run(&recipe, json!({}), &fake).await;
-    assert_eq!(ran.lines(), ["start flat", "run s", "out s a\n", "out s b\n", "done s", "end Succeeded"]);
+    assert_eq!(
+        ran.lines(),
+        [
+            "start flat",
+            "run s",
+            "out s a\n",
+            "out s b\n",
+            "done s",
+            "end Succeeded"
+        ]
+    );
 }
 
 fn staged(approval: &str) -> String {
@@ -87,11 +104,17 @@ async fn staged_run_with_approved_gate() {
     );
     // `{{else}}` stays literal in approval prompts (the reference crashed on it).
     let requests = fake.approval_requests.lock().unwrap().clone();
-    assert_eq!(requests[0].prompt, "Ship plan it? {{#if plan}}yes{{else}}no{{/if}}");
+    assert_eq!(
+        requests[0].prompt,
+        "Ship plan it? {{#if plan}}yes{{else}}no{{/if}}"
+    );
     assert_eq!(requests[0].default, ApprovalDefault::Deny);
     assert_eq!(fake.prompts()[1], "build plan it go ahead build");
     let record = &ran.outcome.checkpoint.approvals[0];
-    assert_eq!((record.stage.as_str(), record.by.as_str(), record.timed_out), ("plan", "alice", false));
+    assert_eq!(
+        (record.stage.as_str(), record.by.as_str(), record.timed_out),
+        ("plan", "alice", false)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -100,9 +123,15 @@ async fn denied_gate_is_terminal_across_resumes() {
     let fake = Fake::new().plan(deny("not now")).arc();
     let ran = run(&recipe, json!({}), &fake).await;
     assert_eq!(ran.outcome.status, RunStatus::Denied);
-    assert_eq!(ran.error(), "execution denied at stage 'plan' by bob: not now");
+    assert_eq!(
+        ran.error(),
+        "execution denied at stage 'plan' by bob: not now"
+    );
     assert_eq!(fake.prompts().len(), 1, "the build stage never ran");
-    assert_eq!(ran.lines()[4..], ["gate plan", "decided plan Deny", "end Denied"]);
+    assert_eq!(
+        ran.lines()[4..],
+        ["gate plan", "decided plan Deny", "end Denied"]
+    );
     // The reference cleared the pending record on deny, so a resume ran the
     // next stage (W8). Kiln: resuming a denied run runs nothing.
     let again = resume(&recipe, ran.outcome.checkpoint.clone(), &fake).await;
@@ -121,7 +150,10 @@ async fn gate_timeout_fires_on_its_own_with_default_deny() {
     let ran = run(&recipe, json!({}), &fake).await;
     assert_eq!(ran.outcome.status, RunStatus::Denied);
     assert_eq!(started.elapsed().as_secs(), 30);
-    assert!(ran.lines().contains(&"decided plan Deny timeout".to_string()));
+    assert!(
+        ran.lines()
+            .contains(&"decided plan Deny timeout".to_string())
+    );
     assert_eq!(ran.error(), "approval gate 'plan' timed out and was denied");
     let gate_state = ran.outcome.checkpoint.gate.clone().unwrap();
     assert_eq!(gate_state.status, recipe::engine::GateStatus::TimedOut);
@@ -134,7 +166,10 @@ async fn gate_timeout_with_default_approve_continues() {
     let fake = Fake::new().plan(Plan::Never).arc();
     let ran = run(&recipe, json!({}), &fake).await;
     assert_eq!(ran.outcome.status, RunStatus::Succeeded);
-    assert!(ran.lines().contains(&"decided plan Approve timeout".to_string()));
+    assert!(
+        ran.lines()
+            .contains(&"decided plan Approve timeout".to_string())
+    );
     assert_eq!(fake.prompts()[1], "build plan it  build");
 }
 
@@ -144,8 +179,14 @@ async fn stage_without_gate_sets_empty_approval_message_and_stage_variable() {
     let fake = Fake::new().arc();
     let ran = run(&recipe, json!({}), &fake).await;
     assert_eq!(ran.ctx("_approval_message"), Some(&json!("")));
-    assert_eq!(ran.ctx("stage"), Some(&json!({"name": "build", "index": 1})));
-    assert_eq!(ran.ctx("step"), Some(&json!({"id": "b", "index": 0, "stage": "build"})));
+    assert_eq!(
+        ran.ctx("stage"),
+        Some(&json!({"name": "build", "index": 1}))
+    );
+    assert_eq!(
+        ran.ctx("step"),
+        Some(&json!({"id": "b", "index": 0, "stage": "build"}))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -162,12 +203,23 @@ async fn pending_gate_resumes_with_the_original_timeout() {
     let ran = run_with(&recipe, json!({}), &fake, cancel).await;
     assert_eq!(ran.outcome.status, RunStatus::Cancelled);
     let checkpoint = ran.outcome.checkpoint.clone();
-    assert_eq!(checkpoint.gate.as_ref().unwrap().status, recipe::engine::GateStatus::Pending);
+    assert_eq!(
+        checkpoint.gate.as_ref().unwrap().status,
+        recipe::engine::GateStatus::Pending
+    );
     let started = tokio::time::Instant::now();
     let again = resume(&recipe, checkpoint, &fake).await;
     assert_eq!(again.outcome.status, RunStatus::Denied);
-    assert_eq!(started.elapsed().as_secs(), 40, "60 s from the first request, 20 already passed");
-    assert_eq!(fake.prompts().len(), 1, "the stage's steps did not run again");
+    assert_eq!(
+        started.elapsed().as_secs(),
+        40,
+        "60 s from the first request, 20 already passed"
+    );
+    assert_eq!(
+        fake.prompts().len(),
+        1,
+        "the stage's steps did not run again"
+    );
 }
 
 // ---- test_executor_conditions.py ----
@@ -206,7 +258,10 @@ async fn condition_with_undefined_variable_fails_the_run() {
     let fake = Fake::new().arc();
     let ran = run(&conditional("{{missing}} == 'x'"), json!({}), &fake).await;
     assert_eq!(ran.outcome.status, RunStatus::Failed);
-    assert_eq!(ran.error(), "Step 'a': condition error: Undefined variable: missing");
+    assert_eq!(
+        ran.error(),
+        "Step 'a': condition error: Undefined variable: missing"
+    );
     assert_eq!(ran.outcome.failed_step.as_deref(), Some("a"));
     assert!(fake.prompts().is_empty());
 }
@@ -214,7 +269,12 @@ async fn condition_with_undefined_variable_fails_the_run() {
 #[tokio::test(start_paused = true)]
 async fn inputs_override_context_defaults() {
     let fake = Fake::new().arc();
-    let ran = run(&conditional("{{category}} == 'simple'"), json!({"category": "complex"}), &fake).await;
+    let ran = run(
+        &conditional("{{category}} == 'simple'"),
+        json!({"category": "complex"}),
+        &fake,
+    )
+    .await;
     assert_eq!(ran.ctx("a_out"), None);
 }
 
@@ -222,7 +282,8 @@ async fn inputs_override_context_defaults() {
 
 #[tokio::test(start_paused = true)]
 async fn sub_recipe_events_name_the_parent_step() {
-    let child = format!("{HEADER}steps:\n  - id: inner\n    agent: dev\n    prompt: hi\n    output: x\n");
+    let child =
+        format!("{HEADER}steps:\n  - id: inner\n    agent: dev\n    prompt: hi\n    output: x\n");
     let recipe = flat("  - id: call\n    type: recipe\n    recipe: child.yaml\n    output: res\n");
     let fake = Fake::new().recipe("child.yaml", &child).arc();
     let ran = run(&recipe, json!({}), &fake).await;
@@ -254,7 +315,10 @@ async fn bash_request_carries_script_env_cwd_and_injection_free_vars() {
     // Compatible: the command text is substituted raw ...
     assert_eq!(call.script, "echo a; echo INJECTED ann");
     // ... and every referenced value is also passed injection-free.
-    assert_eq!(call.vars.get("msg").map(String::as_str), Some("a; echo INJECTED"));
+    assert_eq!(
+        call.vars.get("msg").map(String::as_str),
+        Some("a; echo INJECTED")
+    );
     assert_eq!(call.vars.get("user.name").map(String::as_str), Some("ann"));
     assert_eq!(call.env.get("GREETING").map(String::as_str), Some("hi ann"));
     assert_eq!(call.env.get("COUNT").map(String::as_str), Some("3"));
@@ -282,7 +346,9 @@ async fn agent_request_carries_mode_metadata_and_templated_provider() {
 
 #[tokio::test(start_paused = true)]
 async fn metadata_variables_are_available() {
-    let recipe = flat("  - id: s\n    agent: dev\n    prompt: \"{{recipe.name}} {{recipe.version}} {{session.id}} {{step.id}}\"\n");
+    let recipe = flat(
+        "  - id: s\n    agent: dev\n    prompt: \"{{recipe.name}} {{recipe.version}} {{session.id}} {{step.id}}\"\n",
+    );
     let fake = Fake::new().arc();
     run(&recipe, json!({}), &fake).await;
     assert_eq!(fake.prompts(), ["test-recipe 1.0.0 sess-1 s"]);

@@ -10,8 +10,8 @@ use recipe::engine::{self, Checkpoint, RunOutcome};
 use recipe::event::{Decision, Event, EventSink, SkipReason};
 use recipe::model::Recipe;
 use recipe::runner::{
-    AgentOutcome, AgentRequest, ApprovalDecision, ApprovalRequest, BashOutcome, BashRequest, BoxFuture,
-    RunnerError, SessionInfo, StepIo, StepRunner,
+    AgentOutcome, AgentRequest, ApprovalDecision, ApprovalRequest, BashOutcome, BashRequest,
+    BoxFuture, RunnerError, SessionInfo, StepIo, StepRunner,
 };
 use recipe::{CheckOptions, check};
 use serde_json::{Map, Value};
@@ -22,8 +22,14 @@ pub const HEADER: &str = "name: test-recipe\ndescription: a test\nversion: 1.0.0
 /// Parse a recipe that must be free of errors.
 pub fn load(source: &str) -> Recipe {
     let checked = check(source, &CheckOptions::default());
-    let errors: Vec<String> = checked.errors().map(|d| format!("{} {}", d.path, d.message)).collect();
-    assert!(errors.is_empty(), "recipe has errors: {errors:#?}\n{source}");
+    let errors: Vec<String> = checked
+        .errors()
+        .map(|d| format!("{} {}", d.path, d.message))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "recipe has errors: {errors:#?}\n{source}"
+    );
     checked.recipe.expect("a recipe without errors has a model")
 }
 
@@ -89,7 +95,11 @@ pub fn exit(code: i32, stdout: &str) -> Reply<BashOutcome> {
     Reply::ok(BashOutcome {
         exit_code: code,
         stdout: stdout.to_string(),
-        stderr: if code == 0 { String::new() } else { "boom".to_string() },
+        stderr: if code == 0 {
+            String::new()
+        } else {
+            "boom".to_string()
+        },
         ..BashOutcome::default()
     })
 }
@@ -173,18 +183,27 @@ impl Fake {
         }
     }
 
-    pub fn agent(mut self, f: impl Fn(&AgentRequest, usize) -> Reply<AgentOutcome> + Send + Sync + 'static) -> Fake {
+    pub fn agent(
+        mut self,
+        f: impl Fn(&AgentRequest, usize) -> Reply<AgentOutcome> + Send + Sync + 'static,
+    ) -> Fake {
         self.agent_fn = Box::new(f);
         self
     }
 
-    pub fn bash(mut self, f: impl Fn(&BashRequest, usize) -> Reply<BashOutcome> + Send + Sync + 'static) -> Fake {
+    pub fn bash(
+        mut self,
+        f: impl Fn(&BashRequest, usize) -> Reply<BashOutcome> + Send + Sync + 'static,
+    ) -> Fake {
         self.bash_fn = Box::new(f);
         self
     }
 
     pub fn recipe(self, name: &str, source: &str) -> Fake {
-        self.recipes.lock().unwrap().insert(name.to_string(), source.to_string());
+        self.recipes
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), source.to_string());
         self
     }
 
@@ -198,11 +217,21 @@ impl Fake {
     }
 
     pub fn prompts(&self) -> Vec<String> {
-        self.agent_calls.lock().unwrap().iter().map(|c| c.prompt.clone()).collect()
+        self.agent_calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.prompt.clone())
+            .collect()
     }
 
     pub fn scripts(&self) -> Vec<String> {
-        self.bash_calls.lock().unwrap().iter().map(|c| c.script.clone()).collect()
+        self.bash_calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.script.clone())
+            .collect()
     }
 
     fn enter(&self) -> RunningGuard<'_> {
@@ -214,11 +243,18 @@ impl Fake {
     /// Steps whose cancellation token fired (timeout or cancel).
     pub fn cancelled_tokens(&self) -> Vec<String> {
         let tokens = self.tokens.lock().unwrap();
-        tokens.iter().filter(|(_, t)| t.is_cancelled()).map(|(id, _)| id.clone()).collect()
+        tokens
+            .iter()
+            .filter(|(_, t)| t.is_cancelled())
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     async fn play<T>(&self, reply: Reply<T>, io: &StepIo) -> Result<T, RunnerError> {
-        self.tokens.lock().unwrap().push((io.step_id().to_string(), io.cancel().clone()));
+        self.tokens
+            .lock()
+            .unwrap()
+            .push((io.step_id().to_string(), io.cancel().clone()));
         for chunk in reply.chunks {
             io.output(recipe::event::OutputStream::Stdout, chunk).await;
         }
@@ -233,7 +269,11 @@ impl Fake {
 }
 
 impl StepRunner for Fake {
-    fn bash(&self, request: BashRequest, io: StepIo) -> BoxFuture<'_, Result<BashOutcome, RunnerError>> {
+    fn bash(
+        &self,
+        request: BashRequest,
+        io: StepIo,
+    ) -> BoxFuture<'_, Result<BashOutcome, RunnerError>> {
         Box::pin(async move {
             let _guard = self.enter();
             let n_call = {
@@ -246,7 +286,11 @@ impl StepRunner for Fake {
         })
     }
 
-    fn agent(&self, request: AgentRequest, io: StepIo) -> BoxFuture<'_, Result<AgentOutcome, RunnerError>> {
+    fn agent(
+        &self,
+        request: AgentRequest,
+        io: StepIo,
+    ) -> BoxFuture<'_, Result<AgentOutcome, RunnerError>> {
         Box::pin(async move {
             let _guard = self.enter();
             self.agent_start_ms.lock().unwrap().push(self.now_ms());
@@ -267,14 +311,21 @@ impl StepRunner for Fake {
                 .unwrap()
                 .get(name)
                 .cloned()
-                .ok_or_else(|| RunnerError::RecipeNotFound { name: name.to_string() })
+                .ok_or_else(|| RunnerError::RecipeNotFound {
+                    name: name.to_string(),
+                })
         })
     }
 
     fn wait_approval(&self, request: ApprovalRequest) -> BoxFuture<'_, ApprovalDecision> {
         Box::pin(async move {
             self.approval_requests.lock().unwrap().push(request);
-            let plan = self.plans.lock().unwrap().pop_front().unwrap_or(Plan::Never);
+            let plan = self
+                .plans
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or(Plan::Never);
             match plan {
                 Plan::Decide(decision, delay) => {
                     tokio::time::sleep(delay).await;
@@ -327,7 +378,10 @@ impl Ran {
     }
 }
 
-fn drain(mut receiver: tokio::sync::mpsc::Receiver<recipe::event::SequencedEvent>, first_seq: u64) -> Vec<Event> {
+fn drain(
+    mut receiver: tokio::sync::mpsc::Receiver<recipe::event::SequencedEvent>,
+    first_seq: u64,
+) -> Vec<Event> {
     let mut events = Vec::new();
     let mut expected = first_seq;
     while let Ok(sequenced) = receiver.try_recv() {
@@ -338,7 +392,12 @@ fn drain(mut receiver: tokio::sync::mpsc::Receiver<recipe::event::SequencedEvent
     events
 }
 
-pub async fn run_with(recipe: &Recipe, inputs: Value, fake: &Arc<Fake>, cancel: CancellationToken) -> Ran {
+pub async fn run_with(
+    recipe: &Recipe,
+    inputs: Value,
+    fake: &Arc<Fake>,
+    cancel: CancellationToken,
+) -> Ran {
     let (sink, receiver) = EventSink::channel(100_000);
     let runner: Arc<dyn StepRunner> = fake.clone();
     let outcome = engine::run(recipe, map(inputs), runner, sink, cancel).await;
@@ -375,7 +434,9 @@ pub fn brief(event: &Event) -> String {
         Event::StepOutput { step_id, text, .. } => format!("out {step_id} {text}"),
         Event::OutputTruncated { step_id, .. } => format!("truncated {step_id}"),
         Event::StepCompleted { step_id, .. } => format!("done {step_id}"),
-        Event::StepFailed { step_id, handling, .. } => format!("fail {step_id} {handling:?}"),
+        Event::StepFailed {
+            step_id, handling, ..
+        } => format!("fail {step_id} {handling:?}"),
         Event::StepSkipped { step_id, reason } => {
             let why = match reason {
                 SkipReason::ConditionFalse { .. } => "condition".to_string(),
@@ -385,10 +446,18 @@ pub fn brief(event: &Event) -> String {
             format!("skip {step_id} {why}")
         }
         Event::SubRecipeStarted { step_id, .. } => format!("sub {step_id}"),
-        Event::SubRecipeCompleted { step_id, status, .. } => format!("sub_done {step_id} {status:?}"),
-        Event::LoopIteration { step_id, iteration, .. } => format!("iter {step_id} {iteration}"),
-        Event::LoopCompleted { step_id, ended_by, .. } => format!("loop_done {step_id} {ended_by:?}"),
-        Event::IterationFailed { step_id, iteration, .. } => format!("iter_fail {step_id} {iteration}"),
+        Event::SubRecipeCompleted {
+            step_id, status, ..
+        } => format!("sub_done {step_id} {status:?}"),
+        Event::LoopIteration {
+            step_id, iteration, ..
+        } => format!("iter {step_id} {iteration}"),
+        Event::LoopCompleted {
+            step_id, ended_by, ..
+        } => format!("loop_done {step_id} {ended_by:?}"),
+        Event::IterationFailed {
+            step_id, iteration, ..
+        } => format!("iter_fail {step_id} {iteration}"),
         Event::RetryScheduled {
             step_id,
             attempt,
@@ -401,7 +470,10 @@ pub fn brief(event: &Event) -> String {
             decision,
             timed_out,
             ..
-        } => format!("decided {stage} {decision:?}{}", if *timed_out { " timeout" } else { "" }),
+        } => format!(
+            "decided {stage} {decision:?}{}",
+            if *timed_out { " timeout" } else { "" }
+        ),
         Event::Warning { step_id, .. } => format!("warn {}", step_id.clone().unwrap_or_default()),
         Event::ExecutionCompleted { status, .. } => format!("end {status:?}"),
     }

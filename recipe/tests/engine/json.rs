@@ -23,8 +23,16 @@ async fn agent_parse_json_strategies() {
     let nested_value: Value = serde_json::from_str(nested).unwrap();
     let cases: Vec<(String, bool, Value)> = vec![
         // Default mode: only whole-text JSON is parsed.
-        (format!("Here: {nested} ok"), false, json!(format!("Here: {nested} ok"))),
-        (format!("```json\n{nested}\n```"), false, json!(format!("```json\n{nested}\n```"))),
+        (
+            format!("Here: {nested} ok"),
+            false,
+            json!(format!("Here: {nested} ok")),
+        ),
+        (
+            format!("```json\n{nested}\n```"),
+            false,
+            json!(format!("```json\n{nested}\n```")),
+        ),
         (nested.to_string(), false, nested_value.clone()),
         ("true".into(), false, json!(true)),
         ("42".into(), false, json!(42)),
@@ -32,12 +40,28 @@ async fn agent_parse_json_strategies() {
         ("{\"a\": [1,".into(), false, json!("{\"a\": [1,")),
         // parse_json: whole text, fence, labelled/unlabelled, scan.
         (nested.to_string(), true, nested_value.clone()),
-        (format!("Plan:\n```json\n{nested}\n```\nDone."), true, nested_value.clone()),
+        (
+            format!("Plan:\n```json\n{nested}\n```\nDone."),
+            true,
+            nested_value.clone(),
+        ),
         (format!("```\n{nested}\n```"), true, nested_value.clone()),
-        (format!("I found {nested} in the repo"), true, nested_value.clone()),
-        ("Files: [\"a.rs\", \"b.rs\"] total".into(), true, json!(["a.rs", "b.rs"])),
+        (
+            format!("I found {nested} in the repo"),
+            true,
+            nested_value.clone(),
+        ),
+        (
+            "Files: [\"a.rs\", \"b.rs\"] total".into(),
+            true,
+            json!(["a.rs", "b.rs"]),
+        ),
         ("empty {} but then [1, 2]".into(), true, json!([1, 2])),
-        ("```json\n{not json}\n```\nfallback {\"fallback\": true}".into(), true, json!({"fallback": true})),
+        (
+            "```json\n{not json}\n```\nfallback {\"fallback\": true}".into(),
+            true,
+            json!({"fallback": true}),
+        ),
         ("no json here".into(), true, json!("no json here")),
     ];
     for (answer, parse_json, expected) in cases {
@@ -77,7 +101,10 @@ async fn parsed_results_are_reachable_and_drive_foreach() {
         })
         .arc();
     let ran = run(&recipe, json!({}), &fake).await;
-    assert_eq!(ran.ctx("r"), Some(&json!(["f a of 3", "f b of 3", "f c of 3"])));
+    assert_eq!(
+        ran.ctx("r"),
+        Some(&json!(["f a of 3", "f b of 3", "f c of 3"]))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -87,16 +114,33 @@ async fn text_results_give_the_parse_json_hint() {
     ));
     let fake = Fake::new().agent(|_, _| text("plain words")).arc();
     let ran = run(&recipe, json!({}), &fake).await;
-    assert!(ran.error().contains("Cannot access 'field' on {{r}} - it's a str, not a dict. Hint:"), "{}", ran.error());
+    assert!(
+        ran.error()
+            .contains("Cannot access 'field' on {{r}} - it's a str, not a dict. Hint:"),
+        "{}",
+        ran.error()
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn bash_results_never_take_fragments_from_prose() {
     // The reference replaced prose with bracket fragments (W16).
     let cases = [
-        ("Usage: tool [] options\n", false, json!("Usage: tool [] options")),
-        ("we saw [1, 2] and more\n", false, json!("we saw [1, 2] and more")),
-        ("step 1 ok\nstep 2 ok\n{\"status\": \"done\"}\n", false, json!({"status": "done"})),
+        (
+            "Usage: tool [] options\n",
+            false,
+            json!("Usage: tool [] options"),
+        ),
+        (
+            "we saw [1, 2] and more\n",
+            false,
+            json!("we saw [1, 2] and more"),
+        ),
+        (
+            "step 1 ok\nstep 2 ok\n{\"status\": \"done\"}\n",
+            false,
+            json!({"status": "done"}),
+        ),
         ("done\n", false, json!("done")),
         ("noise {} then {\"a\": 1}\n", true, json!({"a": 1})),
     ];

@@ -44,7 +44,12 @@ async fn foreach_collects_results_in_order() {
 async fn foreach_edge_cases() {
     // Empty list: skipped, no calls, collect = [].
     let fake = Fake::new().arc();
-    let ran = run(&foreach("    foreach: \"{{empty}}\"\n    collect: results\n"), json!({}), &fake).await;
+    let ran = run(
+        &foreach("    foreach: \"{{empty}}\"\n    collect: results\n"),
+        json!({}),
+        &fake,
+    )
+    .await;
     assert_eq!(ran.ctx("_skipped_steps"), Some(&json!(["loop"])));
     assert_eq!(ran.ctx("results"), Some(&json!([])));
     assert_eq!(ran.lines()[1], "skip loop empty");
@@ -52,12 +57,22 @@ async fn foreach_edge_cases() {
 
     // Output without collect is the last iteration's result.
     let fake = Fake::new().arc();
-    let ran = run(&foreach("    foreach: \"{{items}}\"\n    output: last\n"), json!({}), &fake).await;
+    let ran = run(
+        &foreach("    foreach: \"{{items}}\"\n    output: last\n"),
+        json!({}),
+        &fake,
+    )
+    .await;
     assert_eq!(ran.ctx("last"), Some(&json!("do c")));
 
     // Nested path.
     let fake = Fake::new().arc();
-    let ran = run(&foreach("    foreach: \"{{data.files}}\"\n    collect: r\n"), json!({}), &fake).await;
+    let ran = run(
+        &foreach("    foreach: \"{{data.files}}\"\n    collect: r\n"),
+        json!({}),
+        &fake,
+    )
+    .await;
     assert_eq!(ran.ctx("r"), Some(&json!(["do x", "do y"])));
 
     // Custom `as`.
@@ -76,8 +91,14 @@ async fn foreach_errors_before_running() {
             "    foreach: \"{{items}}\"\n    max_iterations: 2\n",
             "Step 'loop': foreach list exceeds max_iterations (3 > 2)",
         ),
-        ("    foreach: \"{{text}}\"\n", "Step 'loop': foreach variable must be a list, got str"),
-        ("    foreach: \"{{nothing}}\"\n", "Step 'loop': Undefined variable in foreach: Undefined variable: {{nothing}}"),
+        (
+            "    foreach: \"{{text}}\"\n",
+            "Step 'loop': foreach variable must be a list, got str",
+        ),
+        (
+            "    foreach: \"{{nothing}}\"\n",
+            "Step 'loop': Undefined variable in foreach: Undefined variable: {{nothing}}",
+        ),
     ];
     for (extra, expected) in cases {
         let fake = Fake::new().arc();
@@ -92,11 +113,20 @@ async fn foreach_errors_before_running() {
 async fn failing_iteration_stops_the_loop() {
     let recipe = foreach("    foreach: \"{{items}}\"\n");
     let fake = Fake::new()
-        .agent(|request, n| if n == 1 { Reply::err("model exploded") } else { text(&request.prompt) })
+        .agent(|request, n| {
+            if n == 1 {
+                Reply::err("model exploded")
+            } else {
+                text(&request.prompt)
+            }
+        })
         .arc();
     let ran = run(&recipe, json!({}), &fake).await;
     assert_eq!(ran.outcome.status, RunStatus::Failed);
-    assert_eq!(ran.error(), "Step 'loop' iteration 1 failed: model exploded");
+    assert_eq!(
+        ran.error(),
+        "Step 'loop' iteration 1 failed: model exploded"
+    );
     assert_eq!(fake.prompts().len(), 2);
 }
 
@@ -138,7 +168,9 @@ async fn parallel_foreach_keeps_input_order_and_respects_the_limit() {
     let recipe = load(&format!(
         "{HEADER}context:\n  items: [1, 2, 3, 4, 5]\nsteps:\n  - id: p\n    agent: dev\n    prompt: \"n{{{{item}}}}\"\n    foreach: \"{{{{items}}}}\"\n    parallel: true\n    collect: out\n"
     ));
-    let fake = Fake::new().agent(|request, _| text(&request.prompt).after(1.0)).arc();
+    let fake = Fake::new()
+        .agent(|request, _| text(&request.prompt).after(1.0))
+        .arc();
     let ran = run(&recipe, json!({}), &fake).await;
     assert_eq!(fake.max_running.load(Ordering::SeqCst), 5);
     // Sequential and parallel give the same calls and results.
@@ -157,11 +189,20 @@ async fn parallel_failure_fails_the_step_after_all_iterations() {
         "{HEADER}context:\n  items: [a, b, c]\nsteps:\n  - id: p\n    agent: dev\n    prompt: \"{{{{item}}}}\"\n    foreach: \"{{{{items}}}}\"\n    parallel: true\n    collect: out\n"
     ));
     let fake = Fake::new()
-        .agent(|request, _| if request.prompt == "b" { Reply::err("bad b") } else { text(&request.prompt) })
+        .agent(|request, _| {
+            if request.prompt == "b" {
+                Reply::err("bad b")
+            } else {
+                text(&request.prompt)
+            }
+        })
         .arc();
     let ran = run(&recipe, json!({}), &fake).await;
     assert_eq!(ran.outcome.status, RunStatus::Failed);
-    assert_eq!(ran.error(), "Step 'p': 1/3 iterations failed: iteration 1 failed: bad b");
+    assert_eq!(
+        ran.error(),
+        "Step 'p': 1/3 iterations failed: iteration 1 failed: bad b"
+    );
     assert_eq!(fake.prompts().len(), 3);
     assert!(ran.lines().contains(&"iter_fail p 1".to_string()));
 
@@ -186,7 +227,11 @@ async fn nested_body_runs_each_sub_step_per_item() {
         let ran = run(&recipe, json!({}), &fake).await;
         assert_eq!(ran.outcome.status, RunStatus::Succeeded, "{}", ran.error());
         // The iteration result is the last sub-step that ran.
-        assert_eq!(ran.ctx("out"), Some(&json!(["echo 1 a", "echo 1 b"])), "parallel={parallel:?}");
+        assert_eq!(
+            ran.ctx("out"),
+            Some(&json!(["echo 1 a", "echo 1 b"])),
+            "parallel={parallel:?}"
+        );
         assert_eq!(fake.scripts().len(), 2);
     }
 }
@@ -213,12 +258,17 @@ async fn while_loop_with_update_context_and_break_when() {
     assert_eq!(ran.ctx("n"), Some(&json!("3")));
     assert_eq!(ran.ctx("status"), Some(&json!("done")));
     assert_eq!(ran.ctx("_loop_iteration"), None);
-    assert!(ran.lines().contains(&"loop_done w ConditionFalse".to_string()));
+    assert!(
+        ran.lines()
+            .contains(&"loop_done w ConditionFalse".to_string())
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn while_break_when_and_max_iterations() {
-    let recipe = while_recipe("    while_condition: \"true\"\n    break_when: \"{{_loop_iteration}} == 2\"\n");
+    let recipe = while_recipe(
+        "    while_condition: \"true\"\n    break_when: \"{{_loop_iteration}} == 2\"\n",
+    );
     let fake = Fake::new().arc();
     let ran = run(&recipe, json!({}), &fake).await;
     assert_eq!(fake.scripts().len(), 2);
@@ -252,14 +302,23 @@ async fn while_condition_uses_typed_values() {
     let fake = Fake::new().bash(|_, _| exit(0, "x' or 'a' == 'a\n")).arc();
     let ran = run(&recipe, json!({}), &fake).await;
     assert_eq!(ran.outcome.status, RunStatus::Succeeded);
-    assert_eq!(fake.scripts().len(), 1, "an injected operator in a value is just text");
+    assert_eq!(
+        fake.scripts().len(),
+        1,
+        "an injected operator in a value is just text"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn while_body_failure_is_fatal_under_fail() {
     let recipe = while_recipe("    while_condition: \"true\"\n");
-    let fake = Fake::new().bash(|_, n| if n == 1 { exit(3, "") } else { exit(0, "ok\n") }).arc();
+    let fake = Fake::new()
+        .bash(|_, n| if n == 1 { exit(3, "") } else { exit(0, "ok\n") })
+        .arc();
     let ran = run(&recipe, json!({}), &fake).await;
     assert_eq!(ran.outcome.status, RunStatus::Failed);
-    assert_eq!(ran.error(), "Step 'w' iteration 1 failed: command failed with exit code 3: boom");
+    assert_eq!(
+        ran.error(),
+        "Step 'w' iteration 1 failed: command failed with exit code 3: boom"
+    );
 }
