@@ -435,6 +435,12 @@ impl Validator<'_, '_, '_> {
         if let Some(condition) = &step.condition {
             self.expression(condition, &at("condition"), step.span, scope, "condition");
         }
+        if step.looping.is_none() && step.body.is_empty() {
+            // Plain step: no scope of its own (keeps long recipes linear).
+            self.step_kind_variables(step, &path, scope);
+            self.leave_outputs(step, scope);
+            return;
+        }
         let mut inner = scope.clone();
         match &step.looping {
             Some(Loop::Foreach(foreach)) => {
@@ -555,6 +561,11 @@ impl Validator<'_, '_, '_> {
                 scope.add(name);
             }
         }
+        self.leave_outputs(step, scope);
+    }
+
+    /// Adds what `step` writes (output, collect, exit code) for later steps.
+    fn leave_outputs(&mut self, step: &Step, scope: &mut Scope) {
         if let Some(output) = &step.output {
             scope.add(output);
         }
