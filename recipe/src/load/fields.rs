@@ -163,7 +163,43 @@ impl<'s> Walker<'s, '_> {
             return None;
         };
         let mut fields: Vec<(&'n str, &'n Node, &'n Node)> = Vec::with_capacity(entries.len());
+        let mut merged: Vec<(&'n str, &'n Node, &'n Node)> = Vec::new();
         for (key, value) in entries {
+            // YAML 1.1 merge key (`<<: *defaults`), which PyYAML's safe_load supports:
+            // the merged mapping's keys apply unless the mapping sets them itself.
+            if key
+                .as_scalar()
+                .is_some_and(|scalar| scalar.plain && scalar.text == "<<")
+            {
+                let sources: Vec<&'n Node> = match &value.kind {
+                    NodeKind::Seq(items) => items.iter().collect(),
+                    _ => vec![value],
+                };
+                for source in sources {
+                    match &source.kind {
+                        NodeKind::Map(source_entries) => {
+                            for (merged_key, merged_value) in source_entries {
+                                if let Some(name) =
+                                    merged_key.as_scalar().map(|scalar| scalar.text.as_str())
+                                    && !merged.iter().any(|(existing, _, _)| *existing == name)
+                                {
+                                    merged.push((name, merged_key, merged_value));
+                                }
+                            }
+                        }
+                        _ => {
+                            let found = describe(source);
+                            self.sink.error(
+                                "expected-mapping",
+                                &join(path, "<<"),
+                                source.span,
+                                format!("a merge key (<<) must merge a mapping, found {found}"),
+                            );
+                        }
+                    }
+                }
+                continue;
+            }
             let Some(name) = key.as_scalar().map(|scalar| scalar.text.as_str()) else {
                 self.sink.error(
                     "expected-string",
@@ -188,6 +224,11 @@ impl<'s> Walker<'s, '_> {
             }
             self.map.keys.insert(join(path, name), key.span);
             fields.push((name, key, value));
+        }
+        for entry in merged {
+            if !fields.iter().any(|(existing, _, _)| *existing == entry.0) {
+                fields.push(entry);
+            }
         }
         Some(Fields { entries: fields })
     }

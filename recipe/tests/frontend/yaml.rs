@@ -267,3 +267,26 @@ fn non_string_keys() {
     let source = flat(&format!("{AGENT}    ? [a, b]\n    : 1\n"));
     assert_eq!(codes(&source), ["expected-string steps[0]"]);
 }
+
+#[test]
+fn merge_keys_like_pyyaml() {
+    let source = format!(
+        "{HEADER}context:\n  defaults: &defaults\n    agent: dev\n    timeout: 30\nsteps:\n  - id: a\n    <<: *defaults\n    prompt: one\n  - id: b\n    <<: *defaults\n    timeout: 99\n    prompt: two\n"
+    );
+    let recipe = recipe(&source);
+    let steps = recipe.all_steps();
+    assert_eq!(
+        (steps[0].timeout_secs, steps[1].timeout_secs),
+        (30, 99),
+        "explicit keys win over merged ones"
+    );
+    let recipe::model::StepKind::Agent(agent) = &steps[1].kind else {
+        panic!("agent")
+    };
+    assert_eq!(agent.agent, "dev");
+    assert_clean(&source);
+    assert_eq!(
+        codes(&flat(&format!("{AGENT}    <<: [1]\n"))),
+        ["expected-mapping steps[0].<<"]
+    );
+}
