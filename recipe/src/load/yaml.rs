@@ -422,3 +422,6 @@ fn report_scan_error(error: &ScanError, offsets: &Offsets<'_>, sink: &mut Sink<'
         format!("invalid YAML: {}", error.info()),
     );
 }
+
+#[cfg(test)]
+mod tests;
