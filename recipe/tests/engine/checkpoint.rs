@@ -202,3 +202,40 @@ async fn sequence_numbers_continue_after_resume() {
         ["start flat resumed", "run b", "done b", "end Succeeded"]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn checkpointing_with_nested_body_and_continue() {
+    let recipe = load(&format!(
+        "{HEADER}context:\n  items: [a, b]\nsteps:\n  - id: l\n    foreach: \"{{{{items}}}}\"\n    checkpoint_iterations: true\n    collect: out\n    steps:\n      - id: s1\n        type: bash\n        command: \"one {{{{item}}}}\"\n      - id: s2\n        type: bash\n        command: \"two {{{{item}}}}\"\n"
+    ));
+    let fake = Fake::new().arc();
+    let ran = run(&recipe, json!({}), &fake).await;
+    assert_eq!(ran.ctx("out"), Some(&json!(["two a", "two b"])));
+    let completed: Vec<u64> = foreach_records(&fake)
+        .into_iter()
+        .flatten()
+        .map(|p| p.completed)
+        .collect();
+    assert_eq!(completed, [1, 2]);
+
+    let recipe = load(&format!(
+        "{HEADER}context:\n  items: [1, 2, 3]\nsteps:\n  - id: l\n    agent: dev\n    prompt: \"r{{{{item}}}}\"\n    foreach: \"{{{{items}}}}\"\n    checkpoint_iterations: true\n    collect: out\n    on_error: continue\n"
+    ));
+    let fake = Fake::new()
+        .agent(|request, _| {
+            if request.prompt == "r2" {
+                Reply::err("x")
+            } else {
+                text(&request.prompt)
+            }
+        })
+        .arc();
+    let ran = run(&recipe, json!({}), &fake).await;
+    assert_eq!(ran.ctx("out"), Some(&json!(["r1", null, "r3"])));
+    let records: Vec<ForeachProgress> = foreach_records(&fake).into_iter().flatten().collect();
+    assert_eq!(records.len(), 3);
+    assert_eq!(
+        records[2].collected,
+        Some(vec![json!("r1"), json!(null), json!("r3")])
+    );
+}

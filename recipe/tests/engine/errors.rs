@@ -365,3 +365,51 @@ async fn rate_limit_errors_back_off() {
     let gaps: Vec<u64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
     assert_eq!(gaps, [1000, 2000], "initial delay, then doubled");
 }
+
+#[tokio::test(start_paused = true)]
+async fn parallel_agent_loop_checks_the_step_budget_up_front() {
+    let recipe = load(&format!(
+        "{HEADER}recursion:\n  max_total_steps: 3\ncontext:\n  items: [1, 2, 3]\nsteps:\n  - id: p\n    agent: dev\n    prompt: \"{{{{item}}}}\"\n    foreach: \"{{{{items}}}}\"\n    parallel: true\n"
+    ));
+    let fake = Fake::new().arc();
+    let ran = run(&recipe, json!({}), &fake).await;
+    assert_eq!(
+        ran.error(),
+        "Step 'p': Parallel loop would exceed max_total_steps (0 + 3 >= 3)"
+    );
+    assert!(fake.prompts().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn bash_spec_fields_output_stderr_truncation_and_delay_between() {
+    let recipe = load(&format!(
+        "{HEADER}context:\n  items: [1, 2, 3]\nsteps:\n  - id: s\n    type: bash\n    command: \"x {{{{item}}}}\"\n    foreach: \"{{{{items}}}}\"\n    collect: out\n    output_stderr: true\n    max_output_size: 64\n    delay_between: 1500\n"
+    ));
+    let fake = Fake::new()
+        .bash(|_, _| {
+            Reply::ok(recipe::runner::BashOutcome {
+                exit_code: 0,
+                stdout: "out;".into(),
+                stderr: "err".into(),
+                stdout_truncated: true,
+                ..Default::default()
+            })
+        })
+        .arc();
+    let started = tokio::time::Instant::now();
+    let ran = run(&recipe, json!({}), &fake).await;
+    assert_eq!(
+        ran.ctx("out"),
+        Some(&json!(["out;err", "out;err", "out;err"]))
+    );
+    assert_eq!(
+        started.elapsed().as_millis(),
+        3000,
+        "1.5 s between the 3 iterations"
+    );
+    assert_eq!(fake.bash_calls.lock().unwrap()[0].max_output_bytes, 64);
+    assert_eq!(
+        ran.lines().iter().filter(|l| *l == "truncated s").count(),
+        3
+    );
+}
