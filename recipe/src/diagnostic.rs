@@ -124,12 +124,32 @@ fn to_u32(value: usize) -> u32 {
     u32::try_from(value).unwrap_or(u32::MAX)
 }
 
+/// At most this many diagnostics are kept; the rest are summarised in one
+/// `too-many-diagnostics` error (hostile input must not amplify into a huge report).
+pub const MAX_DIAGNOSTICS: usize = 500;
+/// Messages and paths are cut to these many bytes (names in them come from the input).
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+pub const MAX_PATH_BYTES: usize = 256;
+
+fn truncate(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}...", &text[..cut])
+}
+
 /// Collects diagnostics for one source text, filling in line and column.
 #[derive(Debug)]
 pub struct Sink<'src> {
     source: &'src str,
     lines: LineIndex,
     pub diagnostics: Vec<Diagnostic>,
+    dropped: usize,
+    dropped_errors: bool,
 }
 
 impl<'src> Sink<'src> {
@@ -138,6 +158,8 @@ impl<'src> Sink<'src> {
             source,
             lines: LineIndex::new(source),
             diagnostics: Vec::new(),
+            dropped: 0,
+            dropped_errors: false,
         }
     }
 
@@ -153,14 +175,19 @@ impl<'src> Sink<'src> {
         span: Span,
         message: String,
     ) {
+        if self.diagnostics.len() >= MAX_DIAGNOSTICS {
+            self.dropped += 1;
+            self.dropped_errors |= severity == Severity::Error;
+            return;
+        }
         let end = span.end.min(self.source.len());
         let start = span.start.min(end);
         let (line, column) = self.lines.line_col(self.source, start);
         self.diagnostics.push(Diagnostic {
             code: code.to_string(),
             severity,
-            message,
-            path: path.to_string(),
+            message: truncate(message, MAX_MESSAGE_BYTES),
+            path: truncate(path.to_string(), MAX_PATH_BYTES),
             line,
             column,
             span: Span { start, end },
@@ -188,6 +215,27 @@ impl<'src> Sink<'src> {
             ))
         });
         diagnostics.dedup();
+        if self.dropped > 0 {
+            let end = self.source.len();
+            let (line, column) = self.lines.line_col(self.source, end);
+            diagnostics.push(Diagnostic {
+                code: "too-many-diagnostics".to_string(),
+                // Only an error when an error was among the dropped ones.
+                severity: if self.dropped_errors {
+                    Severity::Error
+                } else {
+                    Severity::Warning
+                },
+                message: format!(
+                    "{} more diagnostics were not reported (the limit is {MAX_DIAGNOSTICS})",
+                    self.dropped
+                ),
+                path: String::new(),
+                line,
+                column,
+                span: Span { start: end, end },
+            });
+        }
         diagnostics
     }
 }

@@ -290,3 +290,38 @@ fn merge_keys_like_pyyaml() {
         ["expected-mapping steps[0].<<"]
     );
 }
+
+#[test]
+fn diagnostics_are_bounded() {
+    // 2000 undefined variables with long names: at most 500 diagnostics, each message bounded.
+    let prompt: String = (0..2000)
+        .map(|idx| format!("{{{{v{idx}_{}}}}} ", "x".repeat(200)))
+        .collect();
+    let source = flat(&format!(
+        "  - id: s1\n    agent: dev\n    prompt: \"{prompt}\"\n"
+    ));
+    let report = checked(&source);
+    assert_eq!(report.diagnostics.len(), 501);
+    let last = report.diagnostics.last().unwrap();
+    assert_eq!(last.code, "too-many-diagnostics");
+    assert_eq!(
+        last.message,
+        "1500 more diagnostics were not reported (the limit is 500)"
+    );
+    assert_eq!(last.severity, recipe::diagnostic::Severity::Error);
+    assert!(
+        report
+            .diagnostics
+            .iter()
+            .all(|d| d.message.len() <= 1024 + 3)
+    );
+    // Only warnings dropped: the summary is a warning, and the recipe stays valid.
+    let context: String = (0..600).map(|idx| format!("  k{idx}: yes\n")).collect();
+    let source = format!("{HEADER}context:\n{context}steps:\n{AGENT}");
+    let report = checked(&source);
+    assert!(!report.has_errors());
+    assert_eq!(
+        report.diagnostics.last().unwrap().code,
+        "too-many-diagnostics"
+    );
+}
