@@ -586,3 +586,50 @@ proptest! {
         let _ = post_process(Value::String(text), ResultSource::Agent, parse_json);
     }
 }
+
+#[test]
+fn python_number_text() {
+    let cases: &[(f64, &str)] = &[
+        (1.0, "1.0"),
+        (1.5, "1.5"),
+        (-0.5, "-0.5"),
+        (100.0, "100.0"),
+        (0.0001, "0.0001"),
+        (0.00001, "1e-05"),
+        (1e16, "1e+16"),
+        (123456789012345.0, "123456789012345.0"),
+        (1e22, "1e+22"),
+        (1.5e300, "1.5e+300"),
+        (0.1 + 0.2, "0.30000000000000004"),
+        (2.5e-10, "2.5e-10"),
+        (f64::NAN, "nan"),
+        (f64::INFINITY, "inf"),
+    ];
+    for (value, expected) in cases {
+        assert_eq!(template::python_float(*value), *expected, "{value:e}");
+    }
+}
+
+#[test]
+fn python_float_parsing() {
+    let cases: &[(&str, Option<f64>)] = &[
+        ("42", Some(42.0)),
+        (" 42 ", Some(42.0)),
+        ("-3.5", Some(-3.5)),
+        ("1e3", Some(1000.0)),
+        ("1_000", Some(1000.0)),
+        ("1__0", None),
+        ("_1", None),
+        ("inf", Some(f64::INFINITY)),
+        ("-Infinity", Some(f64::NEG_INFINITY)),
+        (".5", Some(0.5)),
+        ("1.2.3", None),
+        ("abc", None),
+        ("", None),
+        ("--1", None),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(expr::parse_python_float(text), *expected, "{text:?}");
+    }
+    assert!(expr::parse_python_float("nan").unwrap().is_nan());
+}
