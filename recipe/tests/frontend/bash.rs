@@ -16,7 +16,9 @@ fn bash(step: &StepKind) -> &recipe::model::BashStep {
 
 #[test]
 fn bash_defaults() {
-    let step = first_step(&flat("  - id: b\n    type: bash\n    command: ls\n"));
+    let source = flat("  - id: b\n    type: bash\n    command: ls\n");
+    assert_clean(&source);
+    let step = first_step(&source);
     let bash = bash(&step.kind);
     assert_eq!(bash.cwd, None);
     assert!(bash.env.is_empty());

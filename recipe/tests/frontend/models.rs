@@ -16,6 +16,15 @@ fn step_defaults_timeout_on_error_depends_on() {
     assert_eq!(step.retry, None);
     assert!(!step.parse_json);
     assert_eq!(step.kind.type_name(), "agent");
+    let StepKind::Agent(agent) = &step.kind else {
+        panic!("agent")
+    };
+    // test_model_role.py / test_spawn_mode.py: no model_role, no spawn_mode by default.
+    assert_eq!(
+        (agent.model_role.as_ref(), agent.spawn_mode.as_ref()),
+        (None, None)
+    );
+    assert_eq!(agent.provider_preferences, None);
 }
 
 #[test]
