@@ -255,6 +255,29 @@ pub async fn resume(
     events: EventSink,
     cancel: CancellationToken,
 ) -> RunOutcome {
+    let mismatch = if checkpoint.format != CHECKPOINT_FORMAT {
+        Some(format!(
+            "checkpoint format {} is not supported (expected {CHECKPOINT_FORMAT})",
+            checkpoint.format
+        ))
+    } else if checkpoint.recipe_name != recipe.name || checkpoint.recipe_version != recipe.version {
+        Some(format!(
+            "checkpoint belongs to recipe '{}' {}, not '{}' {}",
+            checkpoint.recipe_name, checkpoint.recipe_version, recipe.name, recipe.version
+        ))
+    } else {
+        None
+    };
+    if let Some(error) = mismatch {
+        return RunOutcome {
+            status: RunStatus::Failed,
+            error: Some(error),
+            failed_step: None,
+            final_output: None,
+            context: checkpoint.context.clone(),
+            checkpoint,
+        };
+    }
     drive(recipe, checkpoint, runners, events, cancel, true).await
 }
 

@@ -239,3 +239,22 @@ async fn checkpointing_with_nested_body_and_continue() {
         Some(vec![json!("r1"), json!(null), json!("r3")])
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn resume_refuses_a_checkpoint_of_another_recipe() {
+    let recipe = flat("  - id: a\n    type: bash\n    command: a\n");
+    let fake = Fake::new().arc();
+    let ran = run(&recipe, json!({}), &fake).await;
+    let other = load(
+        "name: other\ndescription: d\nversion: 1.0.0\nsteps:\n  - id: a\n    type: bash\n    command: a\n",
+    );
+    let mut checkpoint = ran.outcome.checkpoint.clone();
+    checkpoint.finished = None;
+    let resumed = resume(&other, checkpoint, &fake).await;
+    assert_eq!(resumed.outcome.status, RunStatus::Failed);
+    assert_eq!(
+        resumed.error(),
+        "checkpoint belongs to recipe 'test-recipe' 1.0.0, not 'other' 1.0.0"
+    );
+    assert!(resumed.events.is_empty());
+}
