@@ -368,3 +368,30 @@ async fn undefined_variable_in_prompt_is_fatal_even_under_continue() {
         ran.error()
     );
 }
+
+/// The sandbox agent spawns the run on a tokio runtime: the futures must be `Send`.
+#[test]
+fn run_and_resume_futures_are_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let recipe = flat("  - id: a\n    type: bash\n    command: a\n");
+    let runner: std::sync::Arc<dyn recipe::runner::StepRunner> = Fake::new().arc();
+    let (sink, _receiver) = recipe::event::EventSink::channel(8);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let running = recipe::engine::run(
+        &recipe,
+        serde_json::Map::new(),
+        runner.clone(),
+        sink.clone(),
+        cancel.clone(),
+    );
+    assert_send(&running);
+    let checkpoint = serde_json::from_value::<recipe::engine::Checkpoint>(json!({
+        "format": 1, "recipe_name": "test-recipe", "recipe_version": "1.0.0",
+        "position": {"stage": 0, "step": 0}, "context": {}, "total_steps": 0, "foreach": null,
+        "gate": null, "approvals": [], "finished": null, "error": null, "last_output": null,
+        "next_seq": 0, "started_ms": 0
+    }))
+    .unwrap();
+    let resuming = recipe::engine::resume(&recipe, checkpoint, runner, sink, cancel);
+    assert_send(&resuming);
+}
