@@ -453,3 +453,15 @@ fn spawn_mode_rules() {
         ["forbidden-field steps[0].spawn_mode"]
     );
 }
+
+#[test]
+fn diagnostics_serialise_for_the_api() {
+    let checked = super::checked(&flat(
+        "  - id: s\n    agent: dev\n    prompt: \"{{ghost}}\"\n",
+    ));
+    let json = serde_json::to_string(&checked.diagnostics).unwrap();
+    expect![[r#"[{"code":"undefined-variable","severity":"error","message":"undefined variable {{ghost}} in prompt: 'ghost' is not defined. Available variables: recipe, session, step","path":"steps[0].prompt","line":7,"column":14,"span":{"start":98,"end":107}}]"#]]
+        .assert_eq(&json);
+    let back: Vec<recipe::diagnostic::Diagnostic> = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, checked.diagnostics);
+}
