@@ -30,3 +30,6 @@ mod json;
 
 #[path = "engine/checkpoint.rs"]
 mod checkpoint;
+
+#[path = "engine/gallery.rs"]
+mod gallery;
