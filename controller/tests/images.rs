@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
     RemoveImageOptionsBuilder, WaitContainerOptionsBuilder,
@@ -151,17 +151,19 @@ async fn run_probe(
 ) -> String {
     let mut command = vec!["/kiln/kiln-probe"];
     command.extend_from_slice(args);
-    run_hardened(docker, image, seccomp, &command, cleanup).await
+    run_hardened(docker, image, seccomp, None, &command, cleanup).await
 }
 
 /// Runs `command` as the entrypoint of a hardened container (as the sandbox
 /// profile does: step uid, no caps, no-new-privileges, read-only rootfs,
 /// network none, tmpfs /work and /tmp, memory and pids limits), asserts that
-/// it exits 0 and returns its stdout and stderr.
+/// it exits 0 and returns its stdout and stderr. `socket_dir` is bind-mounted
+/// read-only at `/run/kiln`, as the agent's socket directory is.
 async fn run_hardened(
     docker: &Docker,
     image: &str,
     seccomp: Seccomp,
+    socket_dir: Option<&Path>,
     command: &[&str],
     cleanup: &mut Cleanup,
 ) -> String {
@@ -190,6 +192,15 @@ async fn run_hardened(
         memory: Some(256 * 1024 * 1024),
         memory_swap: Some(256 * 1024 * 1024),
         pids_limit: Some(128),
+        mounts: socket_dir.map(|dir| {
+            vec![Mount {
+                target: Some("/run/kiln".to_owned()),
+                source: Some(dir.display().to_string()),
+                typ: Some(MountType::BIND),
+                read_only: Some(true),
+                ..Default::default()
+            }]
+        }),
         // The daemon's default log driver is `none`; this test reads the
         // probe's few KB of output back through the logs.
         log_config: Some(bollard::models::HostConfigLogConfig {
@@ -712,6 +723,7 @@ async fn standard_image_has_the_tools_recipes_need() {
         &docker,
         &image.tag,
         Seccomp::Kiln,
+        None,
         &["/bin/sh", "-c", script],
         &mut cleanup,
     )
@@ -719,5 +731,63 @@ async fn standard_image_has_the_tools_recipes_need() {
     assert_eq!(
         output, "bash=5\nyaml=a: 1\n2\ngit version\ncerts=ok\ndocs=trimmed\n",
         "progress: {progress:#?}"
+    );
+}
+
+/// The agent's socket directory as the controller lays it out (contract C:
+/// dir root 0711, socket root 0600, token root 0400, bind-mounted read-only):
+/// the step uid can neither connect, read the token, nor change the directory.
+#[tokio::test]
+async fn step_uid_cannot_use_the_agents_socket_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    let docker = docker().await;
+    let image = {
+        let _guard = BUILD_LOCK.lock().await;
+        ensure_image(&docker, ImageKind::Probe, &inputs())
+            .await
+            .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let socket_dir = dir.path().join("exec");
+    std::fs::create_dir(&socket_dir).unwrap();
+    std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind(socket_dir.join("agent.sock")).unwrap();
+    std::fs::set_permissions(
+        socket_dir.join("agent.sock"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(socket_dir.join("token"), "not-a-real-token").unwrap();
+    std::fs::set_permissions(
+        socket_dir.join("token"),
+        std::fs::Permissions::from_mode(0o400),
+    )
+    .unwrap();
+
+    let mut cleanup = Cleanup {
+        containers: Vec::new(),
+        images: Vec::new(),
+    };
+    let output = run_hardened(
+        &docker,
+        &image.tag,
+        Seccomp::Kiln,
+        Some(&socket_dir),
+        &["/kiln/kiln-probe", "secrets"],
+        &mut cleanup,
+    )
+    .await;
+    assert_outcomes(
+        &parse_probe(&output),
+        &[
+            ("agent.connect_socket", "errno=EACCES"),
+            ("agent.read_token", "errno=EACCES"),
+            ("agent.create_in_socket_dir", "errno=EROFS"),
+            ("agent.unlink_socket", "errno=EROFS"),
+            // PID 1 is the probe itself here (same uid, no agent): ptrace is
+            // still denied by the profile.
+            ("agent.ptrace_seize_pid1", "errno=EPERM"),
+        ],
+        "Kiln's profile with the socket dir mounted",
     );
 }
