@@ -8,6 +8,7 @@
 //!   → container: sandbox-agent → link ──protocol──▶ agent_link → relay → store + user WS
 //! ```
 
+pub mod api;
 pub mod config;
 pub mod intake;
 pub mod launcher;

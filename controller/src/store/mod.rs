@@ -430,6 +430,24 @@ impl Store {
         }
     }
 
+    /// Moves an execution from exactly `from` to `to` (for example queued →
+    /// cancelled, so a claim and a cancel cannot both win). Returns whether it moved.
+    pub async fn transition_status(
+        &self,
+        execution_id: &str,
+        from: ExecutionStatus,
+        to: ExecutionStatus,
+        detail: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(store) => {
+                store
+                    .transition_status(execution_id, from, to, detail)
+                    .await
+            }
+        }
+    }
+
     /// Records the container, step UID and hard deadline of a launched execution.
     pub async fn record_launch(
         &self,

@@ -230,6 +230,35 @@ impl SqliteStore {
         }
     }
 
+    pub async fn transition_status(
+        &self,
+        execution_id: &str,
+        from: ExecutionStatus,
+        to: ExecutionStatus,
+        detail: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        if from.is_final() {
+            return Ok(false);
+        }
+        let now = now_ms();
+        let result = sqlx::query(
+            "UPDATE executions
+             SET status = ?3, status_detail = ?4,
+                 finished_at_ms = COALESCE(?5, finished_at_ms),
+                 started_at_ms = COALESCE(started_at_ms, ?6)
+             WHERE id = ?1 AND status = ?2",
+        )
+        .bind(execution_id)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(detail)
+        .bind(to.is_final().then_some(now))
+        .bind((to == ExecutionStatus::Running).then_some(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
     pub async fn record_launch(
         &self,
         execution_id: &str,

@@ -117,7 +117,7 @@ async fn events_are_ordered_and_paged() {
         .await
         .unwrap();
     let batch: Vec<_> = (1..=5)
-        .map(|seq| event(seq, ControllerEvent::AgentConnected))
+        .map(|seq| event(seq, ControllerEvent::AgentConnected {}))
         .collect();
     let outcome = t.store.append_events(&ex.id, &batch).await.unwrap();
     assert_eq!(
@@ -158,8 +158,8 @@ async fn identical_duplicates_are_ignored_and_conflicts_rejected_whole() {
         .append_events(
             &ex.id,
             &[
-                event(1, ControllerEvent::Queued),
-                event(2, ControllerEvent::AgentConnected),
+                event(1, ControllerEvent::Queued {}),
+                event(2, ControllerEvent::AgentConnected {}),
             ],
         )
         .await
@@ -169,8 +169,8 @@ async fn identical_duplicates_are_ignored_and_conflicts_rejected_whole() {
         .append_events(
             &ex.id,
             &[
-                event(2, ControllerEvent::AgentConnected),
-                event(3, ControllerEvent::Queued),
+                event(2, ControllerEvent::AgentConnected {}),
+                event(3, ControllerEvent::Queued {}),
             ],
         )
         .await
@@ -187,8 +187,8 @@ async fn identical_duplicates_are_ignored_and_conflicts_rejected_whole() {
         .append_events(
             &ex.id,
             &[
-                event(4, ControllerEvent::Queued),
-                event(3, ControllerEvent::AgentConnected),
+                event(4, ControllerEvent::Queued {}),
+                event(3, ControllerEvent::AgentConnected {}),
             ],
         )
         .await;
@@ -206,7 +206,7 @@ async fn identical_duplicates_are_ignored_and_conflicts_rejected_whole() {
     );
     let unknown = t
         .store
-        .append_events("ex_nope", &[event(1, ControllerEvent::Queued)])
+        .append_events("ex_nope", &[event(1, ControllerEvent::Queued {})])
         .await;
     assert!(
         matches!(unknown, Err(StoreError::ExecutionNotFound { .. })),

@@ -1,0 +1,132 @@
+//! Stage: user/web → **api** → intake → store → queue (via [`Control::wake`]).
+//!
+//! The HTTP and WebSocket API, `/api/v1`, documented route by route in
+//! `docs/api.md`. Only this module knows HTTP status codes. Every route but
+//! the health checks needs `Authorization: Bearer <token>`; an execution is
+//! visible only to the token that submitted it (and to admin tokens), and to
+//! anyone else it does not exist (404).
+
+pub mod error;
+pub mod executions;
+pub mod extract;
+pub mod stream;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use futures::future::BoxFuture;
+use protocol::ExecutionEvent;
+
+use crate::config::Config;
+use crate::intake::Gallery;
+use crate::launcher::Control;
+use crate::relay::Hub;
+use crate::store::Store;
+
+pub use error::ApiError;
+pub use executions::{
+    ApprovalBody, EventsPage, ExecutionLinks, ExecutionList, ExecutionView, SubmitBody, Submitted,
+    ValidateBody, Validated,
+};
+pub use stream::{CLOSE_LAGGED, StreamMessage};
+
+/// Checks that Docker answers, for `/readyz`. `Err` carries a cause for the log only.
+/// Built by `serve` around `controller::sandbox`, so the API never imports bollard.
+pub type ReadinessCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// Everything the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<StateInner>,
+}
+
+struct StateInner {
+    config: Arc<Config>,
+    store: Store,
+    hub: Hub<ExecutionEvent>,
+    control: Control,
+    gallery: Gallery,
+    docker_ready: ReadinessCheck,
+}
+
+impl AppState {
+    /// `config` must be validated already; the gallery is `config.server.gallery_dir`.
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        hub: Hub<ExecutionEvent>,
+        control: Control,
+        docker_ready: ReadinessCheck,
+    ) -> AppState {
+        let gallery = Gallery::new(config.server.gallery_dir.clone());
+        AppState {
+            inner: Arc::new(StateInner {
+                config,
+                store,
+                hub,
+                control,
+                gallery,
+                docker_ready,
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn hub(&self) -> &Hub<ExecutionEvent> {
+        &self.inner.hub
+    }
+
+    pub fn control(&self) -> &Control {
+        &self.inner.control
+    }
+
+    pub fn gallery(&self) -> &Gallery {
+        &self.inner.gallery
+    }
+
+    fn shared_config(&self) -> Arc<Config> {
+        Arc::clone(&self.inner.config)
+    }
+}
+
+/// The whole API as a router (serve it with `axum::serve`).
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.config().limits.request_body_bytes();
+    Router::new()
+        .route("/healthz", get(executions::healthz))
+        .route("/readyz", get(executions::readyz))
+        .route(
+            "/api/v1/executions",
+            post(executions::submit).get(executions::list),
+        )
+        .route("/api/v1/executions/{id}", get(executions::get_one))
+        .route("/api/v1/executions/{id}/events", get(executions::events))
+        .route("/api/v1/executions/{id}/stream", get(executions::stream))
+        .route("/api/v1/executions/{id}/cancel", post(executions::cancel))
+        .route(
+            "/api/v1/executions/{id}/approvals/{stage}",
+            post(executions::decide_approval),
+        )
+        .route(
+            "/api/v1/executions/{id}/artifacts",
+            get(executions::list_artifacts),
+        )
+        .route(
+            "/api/v1/executions/{id}/artifacts/{*name}",
+            get(executions::get_artifact),
+        )
+        .route("/api/v1/validate", post(executions::validate))
+        .fallback(executions::no_route)
+        .method_not_allowed_fallback(executions::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
