@@ -9,9 +9,12 @@
 //! ```
 
 pub mod api;
+pub mod agent_link;
 pub mod config;
 pub mod intake;
 pub mod launcher;
+pub mod queue;
+pub mod reconcile;
 pub mod relay;
 pub mod sandbox;
 pub mod store;

@@ -15,7 +15,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use protocol::{ControllerEvent, EventBody, ExecutionEvent};
 use tokio::sync::broadcast;
+
+use crate::store::{Store, StoreError};
 
 /// Default number of events a watcher may fall behind before it is dropped.
 pub const DEFAULT_WATCHER_BUFFER: usize = 1024;
@@ -94,6 +97,146 @@ impl<E: Clone + Send + 'static> Default for Hub<E> {
     fn default() -> Self {
         Self::new(DEFAULT_WATCHER_BUFFER)
     }
+}
+
+/// Slack above the class output cap before the controller's backstop cuts
+/// output: the agent enforces the cap itself and reports its own truncation
+/// event, which must still get through.
+pub const OUTPUT_CAP_SLACK_BYTES: u64 = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("persist events of execution {execution_id}")]
+    Persist {
+        execution_id: String,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// The durable, ordered writer of one execution's events.
+///
+/// Seqs are assigned here (1, 2, 3, ... without gaps, agent and controller
+/// events in one sequence); the agent's own wire seqs never reach users.
+pub struct Relay {
+    store: Store,
+    hub: Hub<ExecutionEvent>,
+    execution_id: String,
+    next_seq: u64,
+    output_cap_bytes: u64,
+    output_bytes: u64,
+    is_output_truncated: bool,
+}
+
+impl Relay {
+    /// A writer that continues after the events already stored.
+    pub async fn open(
+        store: Store,
+        hub: Hub<ExecutionEvent>,
+        execution_id: &str,
+        output_cap_bytes: u64,
+    ) -> Result<Relay, RelayError> {
+        let last_seq = store
+            .last_event_seq(execution_id)
+            .await
+            .map_err(|source| RelayError::Persist {
+                execution_id: execution_id.to_owned(),
+                source,
+            })?;
+        Ok(Relay {
+            store,
+            hub,
+            execution_id: execution_id.to_owned(),
+            next_seq: last_seq + 1,
+            output_cap_bytes,
+            output_bytes: 0,
+            is_output_truncated: false,
+        })
+    }
+
+    /// Persist `bodies` in order in one transaction, then publish them.
+    /// Returns how many events were stored (output over the cap is dropped,
+    /// replaced once by an `output_truncated` event).
+    pub async fn record(&mut self, bodies: Vec<EventBody>) -> Result<usize, RelayError> {
+        let at_ms = u64::try_from(crate::store::now_ms()).unwrap_or(0);
+        let mut events = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            let Some(body) = self.apply_output_cap(body) else {
+                continue;
+            };
+            events.push(ExecutionEvent {
+                seq: self.next_seq + events.len() as u64,
+                at_ms,
+                body,
+            });
+        }
+        if events.is_empty() {
+            return Ok(0);
+        }
+        self.store
+            .append_events(&self.execution_id, &events)
+            .await
+            .map_err(|source| RelayError::Persist {
+                execution_id: self.execution_id.clone(),
+                source,
+            })?;
+        self.next_seq += events.len() as u64;
+        let n_events = events.len();
+        for event in events {
+            self.hub.publish(&self.execution_id, event);
+        }
+        Ok(n_events)
+    }
+
+    /// Persist and publish one controller event.
+    pub async fn record_controller(&mut self, event: ControllerEvent) -> Result<(), RelayError> {
+        self.record(vec![EventBody::Controller(event)]).await.map(|_| ())
+    }
+
+    /// The controller's backstop for the per-execution output cap.
+    fn apply_output_cap(&mut self, body: EventBody) -> Option<EventBody> {
+        let Some((step_id, stream, n_bytes)) = step_output_of(&body) else {
+            return Some(body);
+        };
+        if self.is_output_truncated {
+            return None;
+        }
+        self.output_bytes += n_bytes;
+        if self.output_bytes <= self.output_cap_bytes + OUTPUT_CAP_SLACK_BYTES {
+            return Some(body);
+        }
+        self.is_output_truncated = true;
+        let truncated = serde_json::json!({
+            "type": "output_truncated",
+            "step_id": step_id,
+            "stream": stream,
+            "limit_bytes": self.output_cap_bytes,
+        });
+        match serde_json::from_value(truncated) {
+            Ok(event) => Some(EventBody::Engine(event)),
+            Err(error) => {
+                tracing::warn!(%error, "cannot build the output_truncated event");
+                None
+            }
+        }
+    }
+}
+
+/// `(step_id, stream, text bytes)` of an engine `step_output` event.
+fn step_output_of(body: &EventBody) -> Option<(String, String, u64)> {
+    let EventBody::Engine(event) = body else {
+        return None;
+    };
+    let value = serde_json::to_value(event).ok()?;
+    if value.get("type")?.as_str()? != "step_output" {
+        return None;
+    }
+    let text = value.get("text")?.as_str()?;
+    Some((
+        value.get("step_id")?.as_str()?.to_owned(),
+        value.get("stream")?.as_str()?.to_owned(),
+        text.len() as u64,
+    ))
 }
 
 #[cfg(test)]

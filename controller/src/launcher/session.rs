@@ -1,0 +1,796 @@
+//! One execution's life with its agent: the event loop that connects the
+//! container, the agent link, the relay and the API's commands.
+//!
+//! The loop `select!`s over a closed set of [`Wake`]s: the container stopped,
+//! an agent connected, a message arrived, a command came from the API, an
+//! approval gate timed out, a heartbeat is due, a grace period ran out, or the
+//! controller shuts down. Every path ends in [`Ending`]; the caller turns it
+//! into a final status (or, on shutdown, leaves the container running for the
+//! next controller to take back).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::FutureExt;
+use protocol::{
+    AgentMessage, ApprovalChoice, ArtifactChunk, ArtifactRejectReason, ControllerEvent,
+    ControllerMessage, EventBody, Job, ModelErrorCode, ModelResponse, ModelResponseBody, Outcome,
+    SandboxEvent,
+};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::control::{Command, Control};
+use crate::agent_link::{Accepted, Admission, AgentConnection, LinkEndpoint, LinkError, Received};
+use crate::relay::{Relay, RelayError};
+use crate::sandbox::{ContainerHandle, ExitReport, Sandbox, SandboxError};
+use crate::store::{ApprovalDecision, AuditEntry, NewApproval, Store, StoreError};
+
+/// Most messages read before one batched store write.
+pub const MAX_BATCH: usize = 256;
+/// After a cancel, how long the agent gets to stop its steps and say `Done`.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(10);
+/// After `Done` (or a protocol error), how long the container gets to exit.
+pub const EXIT_GRACE: Duration = Duration::from_secs(10);
+/// After the container exited, how long we still read what the agent sent.
+pub const FINAL_READ_GRACE: Duration = Duration::from_secs(2);
+
+/// What the loop needs that outlives it.
+pub struct SessionParts {
+    pub store: Store,
+    pub sandbox: Sandbox,
+    pub control: Control,
+    pub endpoint: LinkEndpoint,
+    pub relay: Relay,
+    pub handle: ContainerHandle,
+    pub commands: mpsc::Receiver<Command>,
+    /// Sent after the first (token) Welcome; None when taking an agent back.
+    pub job: Option<Job>,
+    /// The agent's last wire seq we persisted (0 for a new execution).
+    pub last_acked_seq: u64,
+    pub deadline: Duration,
+    pub max_artifact_bytes: u64,
+    pub cancel_before_start: bool,
+}
+
+/// How the loop ended.
+pub enum Ending {
+    /// The container stopped: decide the final status from this.
+    Exited {
+        exit: ExitReport,
+        agent_done: Option<Outcome>,
+        protocol_error: Option<String>,
+        cancel_requested: bool,
+    },
+    /// The controller is shutting down: the container keeps running and
+    /// the next start takes its agent back.
+    Detached,
+    /// Docker or the store failed under us.
+    Failed { detail: String },
+}
+
+enum Wake {
+    ContainerStopped(Result<ExitReport, SandboxError>),
+    Accepted(Result<Accepted, LinkError>),
+    Received(Result<Received, LinkError>),
+    Command(Option<Command>),
+    GateTimeout(u64),
+    Heartbeat,
+    GraceOver,
+    Shutdown,
+}
+
+struct Gate {
+    stage: String,
+    default: ApprovalChoice,
+    timeout_at: Option<Instant>,
+    decision: Option<protocol::ApprovalDecision>,
+}
+
+/// An artifact being received, chunk by chunk, in memory (bounded).
+struct PartialArtifact {
+    name: String,
+    data: Vec<u8>,
+}
+
+struct Session {
+    parts: SessionParts,
+    connection: Option<AgentConnection>,
+    next_agent_seq: u64,
+    agent_done: Option<Outcome>,
+    protocol_error: Option<String>,
+    cancel_requested: bool,
+    cancel_sent: bool,
+    gates: BTreeMap<u64, Gate>,
+    artifact: Option<PartialArtifact>,
+    n_artifacts: u32,
+    last_heard: Instant,
+    grace_until: Option<Instant>,
+    kill: CancellationToken,
+}
+
+/// Run the loop until the container stops or the controller shuts down.
+pub async fn run(parts: SessionParts, shutdown: CancellationToken) -> Ending {
+    let kill = CancellationToken::new();
+    let sandbox = parts.sandbox.clone();
+    let handle = parts.handle.clone();
+    let deadline = parts.deadline;
+    let wait_kill = kill.clone();
+    let container = async move {
+        sandbox
+            .wait_with_deadline(&handle, deadline, &wait_kill)
+            .await
+    };
+    tokio::pin!(container);
+
+    let mut session = Session {
+        next_agent_seq: parts.last_acked_seq + 1,
+        cancel_requested: parts.cancel_before_start,
+        parts,
+        connection: None,
+        agent_done: None,
+        protocol_error: None,
+        cancel_sent: false,
+        gates: BTreeMap::new(),
+        artifact: None,
+        n_artifacts: 0,
+        last_heard: Instant::now(),
+        grace_until: None,
+        kill,
+    };
+    if session.cancel_requested {
+        session.arm_grace(CANCEL_GRACE);
+    }
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(
+        protocol::HEARTBEAT_INTERVAL_MS,
+    ));
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let mut commands_open = true;
+    loop {
+        let gate_timeout = session.next_gate_timeout();
+        let grace_until = session.grace_until;
+        let wake = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => Wake::Shutdown,
+            exit = &mut container => Wake::ContainerStopped(exit),
+            command = session.parts.commands.recv(), if commands_open => Wake::Command(command),
+            received = recv_or_pending(session.connection.as_mut()) => Wake::Received(received),
+            accepted = session.parts.endpoint.accept(), if session.connection.is_none() => {
+                Wake::Accepted(accepted)
+            }
+            request_id = sleep_until_gate(gate_timeout) => Wake::GateTimeout(request_id),
+            () = sleep_until(grace_until) => Wake::GraceOver,
+            _ = heartbeat.tick() => Wake::Heartbeat,
+        };
+        let step = match wake {
+            Wake::Shutdown => {
+                if let Some(connection) = session.connection.take() {
+                    connection.close_normal("controller_shutdown").await;
+                }
+                return Ending::Detached;
+            }
+            Wake::ContainerStopped(exit) => return session.finish(exit).await,
+            Wake::Command(Some(command)) => session.on_command(command).await,
+            // The control registry dropped our sender: nothing more can come.
+            Wake::Command(None) => {
+                commands_open = false;
+                Ok(())
+            }
+            Wake::Received(received) => session.on_received(received).await,
+            Wake::Accepted(accepted) => session.on_accepted(accepted).await,
+            Wake::GateTimeout(request_id) => session.on_gate_timeout(request_id).await,
+            Wake::GraceOver => {
+                tracing::info!("grace period over: killing the container");
+                session.grace_until = None;
+                session.kill.cancel();
+                Ok(())
+            }
+            Wake::Heartbeat => session.on_heartbeat().await,
+        };
+        if let Err(detail) = step {
+            tracing::error!(%detail, "execution session failed");
+            session.kill.cancel();
+            if let Some(connection) = session.connection.take() {
+                connection.close_normal("controller_error").await;
+            }
+            // Still wait for the container to stop, so it can be removed.
+            let _ = (&mut container).await;
+            return Ending::Failed { detail };
+        }
+    }
+}
+
+async fn recv_or_pending(
+    connection: Option<&mut AgentConnection>,
+) -> Result<Received, LinkError> {
+    match connection {
+        Some(connection) => connection.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_gate(next: Option<(u64, Instant)>) -> u64 {
+    match next {
+        Some((request_id, at)) => {
+            tokio::time::sleep_until(at).await;
+            request_id
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn store_error(error: StoreError) -> String {
+    format!("store: {error}")
+}
+
+fn relay_error(error: RelayError) -> String {
+    format!("relay: {error}")
+}
+
+impl Session {
+    fn execution_id(&self) -> &str {
+        &self.parts.handle.execution_id
+    }
+
+    fn arm_grace(&mut self, grace: Duration) {
+        let at = Instant::now() + grace;
+        self.grace_until = Some(self.grace_until.map_or(at, |earlier| earlier.min(at)));
+    }
+
+    fn next_gate_timeout(&self) -> Option<(u64, Instant)> {
+        self.gates
+            .iter()
+            .filter(|(_, gate)| gate.decision.is_none())
+            .filter_map(|(request_id, gate)| gate.timeout_at.map(|at| (*request_id, at)))
+            .min_by_key(|(_, at)| *at)
+    }
+
+    async fn send(&mut self, message: ControllerMessage) {
+        if let Some(connection) = self.connection.as_mut()
+            && let Err(error) = connection.send(&message).await
+        {
+            tracing::info!(%error, "agent connection lost while sending");
+            self.connection = None;
+        }
+    }
+
+    async fn audit_rejection(&self, reason: &str, detail: &str) {
+        let entry = AuditEntry {
+            actor: "agent_socket".to_owned(),
+            action: "connection_rejected".to_owned(),
+            execution_id: Some(self.execution_id().to_owned()),
+            detail: format!("{reason}: {detail}"),
+        };
+        if let Err(error) = self.parts.store.audit(&entry).await {
+            tracing::warn!(%error, "cannot write audit entry");
+        }
+    }
+
+    async fn on_accepted(&mut self, accepted: Result<Accepted, LinkError>) -> Result<(), String> {
+        let (connection, admission, session_sha256) = match accepted {
+            Ok(Accepted::Connected {
+                connection,
+                admission,
+                session_sha256,
+            }) => (connection, admission, session_sha256),
+            Ok(Accepted::Rejected(rejection)) => {
+                tracing::warn!(reason = rejection.reason, detail = %rejection.detail, "agent connection rejected");
+                self.audit_rejection(rejection.reason, &rejection.detail)
+                    .await;
+                return Ok(());
+            }
+            Err(error) => return Err(error.to_string()),
+        };
+        self.parts
+            .store
+            .record_agent_session(self.execution_id(), &session_sha256)
+            .await
+            .map_err(store_error)?;
+        self.connection = Some(connection);
+        self.last_heard = Instant::now();
+        tracing::info!(?admission, "agent connected");
+        if admission == Admission::Fresh
+            && let Some(job) = self.parts.job.take()
+        {
+            self.send(ControllerMessage::Job(Box::new(job))).await;
+        }
+        if let Admission::Resumed { .. } = admission {
+            // Tell the agent what is already stored; it resends the rest.
+            self.send(ControllerMessage::Ack {
+                seq: self.next_agent_seq - 1,
+            })
+            .await;
+        }
+        self.parts
+            .relay
+            .record_controller(ControllerEvent::AgentConnected {})
+            .await
+            .map_err(relay_error)?;
+        if self.cancel_requested {
+            self.cancel_sent = false;
+            self.send_cancel().await;
+        }
+        // Decisions the agent may have missed while disconnected.
+        let decided: Vec<protocol::ApprovalDecision> = self
+            .gates
+            .values()
+            .filter_map(|gate| gate.decision.clone())
+            .collect();
+        for decision in decided {
+            self.send(ControllerMessage::ApprovalDecision(decision))
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn send_cancel(&mut self) {
+        if !self.cancel_sent && self.connection.is_some() {
+            self.cancel_sent = true;
+            self.send(ControllerMessage::Cancel {
+                reason: "cancelled by request".to_owned(),
+            })
+            .await;
+        }
+    }
+
+    /// One message arrived: read what else is ready (up to [`MAX_BATCH`]),
+    /// persist the batch in one transaction, publish, then ack.
+    async fn on_received(&mut self, first: Result<Received, LinkError>) -> Result<(), String> {
+        let mut batch: Vec<EventBody> = Vec::new();
+        let mut next = Some(first);
+        let mut n_read = 0;
+        while let Some(received) = next.take() {
+            match received {
+                Ok(Received::Message {
+                    message,
+                    frame_bytes,
+                }) => {
+                    self.last_heard = Instant::now();
+                    if let Err(error) = self.parts.endpoint.charge(frame_bytes) {
+                        self.on_link_error(error, &mut batch).await?;
+                        break;
+                    }
+                    if let Err(violation) = self.on_message(message, &mut batch).await? {
+                        let error = LinkError::Protocol {
+                            execution_id: self.execution_id().to_owned(),
+                            error: protocol::ProtocolError::InvalidMessage { detail: violation },
+                        };
+                        self.on_link_error(error, &mut batch).await?;
+                        break;
+                    }
+                }
+                Ok(Received::Closed) => {
+                    tracing::info!("agent connection closed");
+                    self.connection = None;
+                    break;
+                }
+                Err(error) => {
+                    self.on_link_error(error, &mut batch).await?;
+                    break;
+                }
+            }
+            n_read += 1;
+            if n_read >= MAX_BATCH {
+                break;
+            }
+            if let Some(connection) = self.connection.as_mut() {
+                next = connection.recv().now_or_never();
+            }
+        }
+        self.flush(batch).await
+    }
+
+    /// Persist, publish (inside the relay), record the acked position, ack.
+    async fn flush(&mut self, batch: Vec<EventBody>) -> Result<(), String> {
+        if !batch.is_empty() {
+            self.parts
+                .relay
+                .record(batch)
+                .await
+                .map_err(relay_error)?;
+        }
+        let acked = self.next_agent_seq - 1;
+        if acked > 0 {
+            self.parts
+                .store
+                .record_acked_seq(self.execution_id(), acked)
+                .await
+                .map_err(store_error)?;
+            self.send(ControllerMessage::Ack { seq: acked }).await;
+        }
+        Ok(())
+    }
+
+    async fn on_link_error(
+        &mut self,
+        error: LinkError,
+        batch: &mut Vec<EventBody>,
+    ) -> Result<(), String> {
+        let connection = self.connection.take();
+        if !error.is_protocol_violation() {
+            tracing::info!(%error, "agent connection failed; waiting for a reconnect");
+            return Ok(());
+        }
+        tracing::warn!(%error, "agent broke the protocol");
+        // What arrived before the violation is kept (persisted by the caller).
+        let detail = error.to_string();
+        batch.push(EventBody::Controller(ControllerEvent::AgentDisconnected {
+            reason: protocol_reason(&error).to_owned(),
+        }));
+        self.protocol_error = Some(detail.clone());
+        if let Some(connection) = connection {
+            connection.close_for(&error).await;
+        }
+        self.audit_rejection("protocol_error", &detail).await;
+        // Nothing it says is trusted any more: the container goes now.
+        self.kill.cancel();
+        Ok(())
+    }
+
+    /// Handle one message; `Ok(Err(reason))` is a protocol violation.
+    async fn on_message(
+        &mut self,
+        message: AgentMessage,
+        batch: &mut Vec<EventBody>,
+    ) -> Result<Result<(), String>, String> {
+        if self.protocol_error.is_some() {
+            return Ok(Ok(()));
+        }
+        match message {
+            AgentMessage::Hello(_) => Ok(Err("hello after the handshake".to_owned())),
+            AgentMessage::Heartbeat { .. } | AgentMessage::ModelCancel { .. } => Ok(Ok(())),
+            AgentMessage::Event(event) => Ok(self
+                .check_seq(event.seq)
+                .map(|is_new| {
+                    if is_new {
+                        batch.push(event.body.into());
+                    }
+                })),
+            AgentMessage::ArtifactChunk(chunk) => match self.check_seq(chunk.seq) {
+                Ok(true) => self.on_artifact_chunk(chunk, batch).await,
+                Ok(false) => Ok(Ok(())),
+                Err(violation) => Ok(Err(violation)),
+            },
+            AgentMessage::Done(done) => match self.check_seq(done.seq) {
+                Ok(true) => {
+                    self.agent_done = Some(done.outcome);
+                    self.arm_grace(EXIT_GRACE);
+                    Ok(Ok(()))
+                }
+                Ok(false) => Ok(Ok(())),
+                Err(violation) => Ok(Err(violation)),
+            },
+            AgentMessage::ApprovalRequest(request) => {
+                self.on_approval_request(request).await.map(Ok)
+            }
+            AgentMessage::ModelRequest(request) => {
+                // No model gateway in this controller yet: answer at once so
+                // the step fails with a clear code instead of waiting.
+                self.send(ControllerMessage::ModelResponse(ModelResponse {
+                    request_id: request.request_id,
+                    body: ModelResponseBody::Error {
+                        code: ModelErrorCode::Unavailable,
+                        message: "no model gateway is configured on this controller".to_owned(),
+                    },
+                }))
+                .await;
+                Ok(Ok(()))
+            }
+        }
+    }
+
+    /// Receiving rule: `seq == next` is new, `seq < next` a duplicate after
+    /// a resume (dropped), `seq > next` a gap (protocol error). Nothing is
+    /// accepted after `Done`.
+    fn check_seq(&mut self, seq: u64) -> Result<bool, String> {
+        if seq < self.next_agent_seq {
+            return Ok(false);
+        }
+        if seq > self.next_agent_seq {
+            return Err(format!(
+                "sequence gap: got {seq}, expected {}",
+                self.next_agent_seq
+            ));
+        }
+        if self.agent_done.is_some() {
+            return Err(format!("message {seq} after done"));
+        }
+        self.next_agent_seq += 1;
+        Ok(true)
+    }
+
+    async fn on_artifact_chunk(
+        &mut self,
+        chunk: ArtifactChunk,
+        batch: &mut Vec<EventBody>,
+    ) -> Result<Result<(), String>, String> {
+        // The codec validated the name lexically; check again here, because
+        // this is the last stop before the store. The name is only ever a
+        // key in the database: no host path is built from it.
+        if protocol::validate_artifact_name(&chunk.name).is_err()
+            || crate::store::check_artifact_name(&chunk.name).is_err()
+        {
+            return Ok(Err(format!("invalid artifact name {:?}", chunk.name)));
+        }
+        let Ok(data) = chunk.decode_data() else {
+            return Ok(Err("artifact chunk is not valid base64".to_owned()));
+        };
+        if chunk.offset == 0 {
+            // A (re)start: an artifact whose first chunk is sent again
+            // after a reconnect starts from scratch.
+            self.artifact = Some(PartialArtifact {
+                name: chunk.name.clone(),
+                data: Vec::new(),
+            });
+        }
+        let Some(artifact) = self.artifact.as_mut() else {
+            return Ok(Err("artifact chunk without a first chunk".to_owned()));
+        };
+        if artifact.name != chunk.name || artifact.data.len() as u64 != chunk.offset {
+            return Ok(Err(format!(
+                "artifact chunk of {:?} at offset {} does not continue {:?}",
+                chunk.name,
+                chunk.offset,
+                artifact.name
+            )));
+        }
+        let max = self.parts.max_artifact_bytes;
+        if artifact.data.len() as u64 + data.len() as u64 > max {
+            let name = chunk.name.clone();
+            self.artifact = None;
+            batch.push(EventBody::Sandbox(SandboxEvent::ArtifactRejected {
+                name,
+                reason: ArtifactRejectReason::TooLarge,
+            }));
+            return Ok(Ok(()));
+        }
+        artifact.data.extend_from_slice(&data);
+        if !chunk.last {
+            return Ok(Ok(()));
+        }
+        let Some(artifact) = self.artifact.take() else {
+            return Ok(Ok(()));
+        };
+        let sha256 = hex::encode(Sha256::digest(&artifact.data));
+        if chunk.sha256.as_deref() != Some(sha256.as_str()) {
+            batch.push(EventBody::Sandbox(SandboxEvent::ArtifactRejected {
+                name: artifact.name,
+                reason: ArtifactRejectReason::ReadFailed,
+            }));
+            return Ok(Ok(()));
+        }
+        if self.n_artifacts >= protocol::MAX_ARTIFACTS {
+            batch.push(EventBody::Sandbox(SandboxEvent::ArtifactRejected {
+                name: artifact.name,
+                reason: ArtifactRejectReason::TooMany,
+            }));
+            return Ok(Ok(()));
+        }
+        match self
+            .parts
+            .store
+            .put_artifact(self.execution_id(), &artifact.name, &artifact.data)
+            .await
+        {
+            Ok(info) => {
+                self.n_artifacts += 1;
+                batch.push(EventBody::Sandbox(SandboxEvent::ArtifactStored {
+                    name: info.name,
+                    size_bytes: info.size_bytes,
+                    sha256: info.sha256,
+                }));
+            }
+            Err(StoreError::ArtifactTooLarge { .. }) => {
+                batch.push(EventBody::Sandbox(SandboxEvent::ArtifactRejected {
+                    name: artifact.name,
+                    reason: ArtifactRejectReason::TooLarge,
+                }));
+            }
+            Err(error) => return Err(store_error(error)),
+        }
+        Ok(Ok(()))
+    }
+
+    async fn on_approval_request(
+        &mut self,
+        request: protocol::ApprovalRequest,
+    ) -> Result<(), String> {
+        if let Some(gate) = self.gates.get(&request.request_id) {
+            // Resent after a reconnect: answer again if already decided.
+            if let Some(decision) = gate.decision.clone() {
+                self.send(ControllerMessage::ApprovalDecision(decision))
+                    .await;
+            }
+            return Ok(());
+        }
+        let default = match request.default {
+            ApprovalChoice::Approve => ApprovalDecision::Approve,
+            ApprovalChoice::Deny => ApprovalDecision::Deny,
+        };
+        let gate = NewApproval {
+            stage: request.stage.clone(),
+            prompt: request.prompt.clone(),
+            timeout_secs: (request.timeout_secs > 0).then_some(request.timeout_secs),
+            default_decision: Some(default),
+        };
+        match self
+            .parts
+            .store
+            .request_approval(self.execution_id(), &gate)
+            .await
+        {
+            Ok(_) | Err(StoreError::ApprovalExists { .. }) => {}
+            Err(error) => return Err(store_error(error)),
+        }
+        let timeout_at = (request.timeout_secs > 0).then(|| {
+            Instant::now() + Duration::from_secs(request.timeout_secs.min(30 * 24 * 3600))
+        });
+        self.parts
+            .control
+            .gate_opened(self.execution_id(), &request.stage);
+        self.gates.insert(
+            request.request_id,
+            Gate {
+                stage: request.stage,
+                default: request.default,
+                timeout_at,
+                decision: None,
+            },
+        );
+        Ok(())
+    }
+
+    async fn decide(
+        &mut self,
+        request_id: u64,
+        choice: ApprovalChoice,
+        by: String,
+        message: Option<String>,
+    ) -> Result<(), String> {
+        let Some(gate) = self.gates.get_mut(&request_id) else {
+            return Ok(());
+        };
+        if gate.decision.is_some() {
+            return Ok(());
+        }
+        let stage = gate.stage.clone();
+        let decision = protocol::ApprovalDecision {
+            request_id,
+            decision: choice,
+            by: by.clone(),
+            message: message.clone(),
+        };
+        gate.decision = Some(decision.clone());
+        let stored_choice = match choice {
+            ApprovalChoice::Approve => ApprovalDecision::Approve,
+            ApprovalChoice::Deny => ApprovalDecision::Deny,
+        };
+        let execution_id = self.execution_id().to_owned();
+        match self
+            .parts
+            .store
+            .decide_approval(&execution_id, &stage, stored_choice, &by, message.as_deref())
+            .await
+        {
+            Ok(_) | Err(StoreError::ApprovalAlreadyDecided { .. }) => {}
+            Err(error) => return Err(store_error(error)),
+        }
+        self.send(ControllerMessage::ApprovalDecision(decision))
+            .await;
+        Ok(())
+    }
+
+    async fn on_gate_timeout(&mut self, request_id: u64) -> Result<(), String> {
+        let Some(gate) = self.gates.get(&request_id) else {
+            return Ok(());
+        };
+        let (stage, default) = (gate.stage.clone(), gate.default);
+        tracing::info!(%stage, ?default, "approval gate timed out");
+        self.parts.control.gate_closed(self.execution_id(), &stage);
+        self.decide(request_id, default, "timeout".to_owned(), None)
+            .await
+    }
+
+    async fn on_command(&mut self, command: Command) -> Result<(), String> {
+        match command {
+            Command::Cancel { reason } => {
+                if self.cancel_requested {
+                    return Ok(());
+                }
+                tracing::info!(%reason, "cancel requested");
+                self.cancel_requested = true;
+                self.parts
+                    .relay
+                    .record_controller(ControllerEvent::CancelRequested {
+                        by: "api".to_owned(),
+                    })
+                    .await
+                    .map_err(relay_error)?;
+                self.send_cancel().await;
+                // Whatever the agent does, the container is gone after the grace.
+                self.arm_grace(CANCEL_GRACE);
+                Ok(())
+            }
+            Command::Approval { stage, decision } => {
+                let request_id = self
+                    .gates
+                    .iter()
+                    .find(|(_, gate)| gate.stage == stage && gate.decision.is_none())
+                    .map(|(request_id, _)| *request_id);
+                let Some(request_id) = request_id else {
+                    return Ok(());
+                };
+                let choice = if decision.approve {
+                    ApprovalChoice::Approve
+                } else {
+                    ApprovalChoice::Deny
+                };
+                self.decide(request_id, choice, decision.by, decision.message)
+                    .await
+            }
+        }
+    }
+
+    async fn on_heartbeat(&mut self) -> Result<(), String> {
+        if self.connection.is_none() {
+            return Ok(());
+        }
+        let silence = self.last_heard.elapsed();
+        if silence > Duration::from_millis(protocol::HEARTBEAT_TIMEOUT_MS) {
+            tracing::info!(silence_ms = silence.as_millis() as u64, "agent silent: dropping the connection");
+            if let Some(connection) = self.connection.take() {
+                connection.close_normal("heartbeat_timeout").await;
+            }
+            return Ok(());
+        }
+        self.send(ControllerMessage::Heartbeat {}).await;
+        Ok(())
+    }
+
+    /// The container stopped: read what the agent still had in flight
+    /// (bounded), persist it, and report.
+    async fn finish(mut self, exit: Result<ExitReport, SandboxError>) -> Ending {
+        let deadline = Instant::now() + FINAL_READ_GRACE;
+        while let Some(connection) = self.connection.as_mut() {
+            match tokio::time::timeout_at(deadline, connection.recv()).await {
+                Ok(received) => {
+                    if let Err(detail) = self.on_received(received).await {
+                        return Ending::Failed { detail };
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        // Drop the stream now (engineering-facts: never keep it while waiting).
+        self.connection = None;
+        match exit {
+            Ok(exit) => Ending::Exited {
+                exit,
+                agent_done: self.agent_done,
+                protocol_error: self.protocol_error,
+                cancel_requested: self.cancel_requested,
+            },
+            Err(error) => Ending::Failed {
+                detail: format!("sandbox: {error}"),
+            },
+        }
+    }
+}
+
+fn protocol_reason(error: &LinkError) -> &'static str {
+    match error {
+        LinkError::Protocol { error, .. } => error.reason(),
+        LinkError::BudgetExceeded { .. } => "budget_exceeded",
+        _ => "transport_error",
+    }
+}
