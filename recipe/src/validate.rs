@@ -10,7 +10,7 @@
 //! names that is really available at that point (`stage.*` in staged mode,
 //! `_loop_*` inside loops, `_approval_message` after a stage, ...).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::{Map, Value};
 
@@ -40,14 +40,15 @@ impl Scope {
         self.vars.insert(name.to_string(), VarKind::Opaque);
     }
 
+    /// The names in scope, at most 40 (O(1) in the scope size: hostile input).
     fn available(&self) -> String {
         const SHOWN: usize = 40;
-        let names: Vec<&str> = self.vars.keys().map(String::as_str).collect();
-        if names.len() > SHOWN {
+        let names: Vec<&str> = self.vars.keys().take(SHOWN).map(String::as_str).collect();
+        if self.vars.len() > SHOWN {
             format!(
                 "{} (and {} more)",
-                names[..SHOWN].join(", "),
-                names.len() - SHOWN
+                names.join(", "),
+                self.vars.len() - SHOWN
             )
         } else {
             names.join(", ")
@@ -310,8 +311,9 @@ impl Validator<'_, '_, '_> {
             .rev()
             .map(|(idx, step)| (step.id.as_str(), idx))
             .collect();
-        let mut all_ids: Vec<&str> = Vec::new();
-        collect_ids(&steps, &mut all_ids);
+        let mut id_list: Vec<&str> = Vec::new();
+        collect_ids(&steps, &mut id_list);
+        let all_ids: HashSet<&str> = id_list.into_iter().collect();
         let mut n_declaring = 0usize;
         let mut first_span: Option<(String, Span)> = None;
         for (step_idx, step) in steps.iter().enumerate() {
@@ -341,7 +343,7 @@ impl Validator<'_, '_, '_> {
         &mut self,
         step: &Step,
         order: Option<(usize, &HashMap<&str, usize>)>,
-        all_ids: &[&str],
+        all_ids: &HashSet<&str>,
         n_declaring: &mut usize,
         first_span: &mut Option<(String, Span)>,
     ) {
@@ -367,7 +369,7 @@ impl Validator<'_, '_, '_> {
                     span,
                     format!("step '{}' cannot depend on itself", step.id),
                 );
-            } else if !all_ids.contains(&dep.as_str()) {
+            } else if !all_ids.contains(dep.as_str()) {
                 self.sink.error(
                     "depends-on-unknown",
                     &item_path,
@@ -696,7 +698,7 @@ impl Validator<'_, '_, '_> {
                 format!("Handlebars blocks ({{{{#if}}}}, {{{{else}}}}, {{{{/if}}}}) in this {what} are not supported and stay literal text"),
             );
         }
-        let mut reported: Vec<Vec<String>> = Vec::new();
+        let mut reported: HashSet<Vec<String>> = HashSet::new();
         for placeholder in template::placeholders(text) {
             if handlebars && placeholder.path.len() == 1 && placeholder.path[0] == "else" {
                 continue;
@@ -706,7 +708,7 @@ impl Validator<'_, '_, '_> {
             }
             let span = pos.inner(placeholder.start, placeholder.end);
             if self.reference(&placeholder.path, path, span, scope, what) {
-                reported.push(placeholder.path);
+                reported.insert(placeholder.path);
             }
         }
     }
@@ -725,14 +727,14 @@ impl Validator<'_, '_, '_> {
                 );
             }
             Ok(parsed) => {
-                let mut reported: Vec<Vec<String>> = Vec::new();
+                let mut reported: HashSet<Vec<String>> = HashSet::new();
                 for var in parsed.variable_refs() {
                     if reported.contains(&var.path) {
                         continue;
                     }
                     let span = pos.inner(byte_offset(text, var.start), byte_offset(text, var.end));
                     if self.reference(&var.path, path, span, scope, what) {
-                        reported.push(var.path);
+                        reported.insert(var.path);
                     }
                 }
             }

@@ -1,7 +1,7 @@
 //! Typed access to YAML nodes: every wrong type becomes a diagnostic that says
 //! what was expected and what was found, never a panic.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Number, Value};
 
@@ -163,7 +163,10 @@ impl<'s> Walker<'s, '_> {
             return None;
         };
         let mut fields: Vec<(&'n str, &'n Node, &'n Node)> = Vec::with_capacity(entries.len());
+        // Position of each key in `fields` (hash lookups: mappings may have 10^5 keys).
+        let mut positions: HashMap<&'n str, usize> = HashMap::with_capacity(entries.len());
         let mut merged: Vec<(&'n str, &'n Node, &'n Node)> = Vec::new();
+        let mut merged_names: HashSet<&'n str> = HashSet::new();
         for (key, value) in entries {
             // YAML 1.1 merge key (`<<: *defaults`), which PyYAML's safe_load supports:
             // the merged mapping's keys apply unless the mapping sets them itself.
@@ -181,7 +184,7 @@ impl<'s> Walker<'s, '_> {
                             for (merged_key, merged_value) in source_entries {
                                 if let Some(name) =
                                     merged_key.as_scalar().map(|scalar| scalar.text.as_str())
-                                    && !merged.iter().any(|(existing, _, _)| *existing == name)
+                                    && merged_names.insert(name)
                                 {
                                     merged.push((name, merged_key, merged_value));
                                 }
@@ -213,20 +216,24 @@ impl<'s> Walker<'s, '_> {
                 );
                 continue;
             };
-            if let Some(existing) = fields.iter().position(|(existing, _, _)| *existing == name) {
+            self.map.keys.insert(join(path, name), key.span);
+            if let Some(&existing) = positions.get(name) {
                 self.sink.warning(
                     "duplicate-key",
                     &join(path, name),
                     key.span,
                     format!("key '{name}' appears more than once; the last value wins"),
                 );
-                fields.remove(existing);
+                // Like a Python dict: the first position, the last value.
+                fields[existing] = (name, key, value);
+                continue;
             }
-            self.map.keys.insert(join(path, name), key.span);
+            positions.insert(name, fields.len());
             fields.push((name, key, value));
         }
         for entry in merged {
-            if !fields.iter().any(|(existing, _, _)| *existing == entry.0) {
+            if !positions.contains_key(entry.0) {
+                positions.insert(entry.0, fields.len());
                 fields.push(entry);
             }
         }

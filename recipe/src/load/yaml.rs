@@ -7,6 +7,8 @@
 //! lets us bound nesting depth and alias expansion (billion-laughs) and report
 //! duplicate keys instead of silently dropping one.
 
+use std::collections::HashMap;
+
 use saphyr_parser::{Event, Parser, ScalarStyle, ScanError};
 
 use crate::diagnostic::{Sink, Span};
@@ -210,7 +212,7 @@ pub fn parse(source: &str, sink: &mut Sink<'_>) -> Option<Node> {
     let offsets = Offsets::new(source);
     let mut parser = Parser::new_from_str(source);
     let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: Vec<(usize, Node)> = Vec::new();
+    let mut anchors: HashMap<usize, Node> = HashMap::new();
     let mut alias_nodes = 0usize;
     let mut root: Option<Node> = None;
     let mut documents = 0usize;
@@ -241,8 +243,7 @@ pub fn parse(source: &str, sink: &mut Sink<'_>) -> Option<Node> {
                 continue;
             }
             Event::Alias(id) => {
-                let Some((_, target)) = anchors.iter().rev().find(|(anchor, _)| *anchor == id)
-                else {
+                let Some(target) = anchors.get(&id) else {
                     sink.error(
                         "yaml-syntax",
                         "",
@@ -292,7 +293,7 @@ pub fn parse(source: &str, sink: &mut Sink<'_>) -> Option<Node> {
                     }),
                 };
                 if anchor > 0 {
-                    anchors.push((anchor, node.clone()));
+                    anchors.insert(anchor, node.clone());
                 }
                 node
             }
@@ -358,7 +359,7 @@ pub fn parse(source: &str, sink: &mut Sink<'_>) -> Option<Node> {
                     ),
                 };
                 if anchor > 0 {
-                    anchors.push((anchor, node.clone()));
+                    anchors.insert(anchor, node.clone());
                 }
                 node
             }
