@@ -226,6 +226,10 @@ pub fn profile(spec: &ContainerSpec) -> ContainerProfile {
         // run binaries there (Docker would add noexec otherwise). nosuid/nodev
         // so nothing written there gains privilege. mode 0700 owned by the
         // per-execution step uid: only this execution's steps can read it.
+        // Measured: runc re-applies the mode of an existing mountpoint, and
+        // Docker creates a missing WorkingDir as 0755 at create time, so the
+        // image must ship /work as 0700 (kiln images do) or /work ends up
+        // 0755; runsc applies mode=0700 either way.
         (
             WORK_DIR.to_string(),
             format!(
@@ -286,11 +290,14 @@ pub fn profile(spec: &ContainerSpec) -> ContainerProfile {
         // No interfaces but lo ("Network is unreachable" for 1.1.1.1,
         // measured).
         network_mode: Some("none".to_string()),
-        // With network none Docker still copies the host's resolv.conf
-        // (measured: `nameserver 10.255.255.53`). Pointing DNS at loopback,
-        // where nothing listens, leaks no host resolver and makes lookups
-        // fail fast; "." removes the host's search domains. Measured inside:
-        // `/etc/resolv.conf` is exactly "nameserver 127.0.0.1".
+        // With network none alone Docker still copies the host's resolv.conf
+        // (measured: `nameserver 10.255.255.53`). With NetworkDisabled (set
+        // below) Docker 20.10 writes no resolv.conf or hosts at all: both
+        // are empty files inside (measured, runc and runsc). As a second
+        // layer, should a daemon ignore NetworkDisabled, DNS points at
+        // loopback where nothing listens and "." drops the host's search
+        // domains (measured without NetworkDisabled: exactly
+        // "nameserver 127.0.0.1").
         dns: Some(vec!["127.0.0.1".to_string()]),
         dns_search: Some(vec![".".to_string()]),
 
@@ -402,6 +409,8 @@ pub fn profile(spec: &ContainerSpec) -> ContainerProfile {
         ]),
         // A neutral hostname instead of the container id.
         hostname: Some("sandbox".to_string()),
+        // No network stack setup at all; also means Docker writes no
+        // resolv.conf or hosts content (see `dns` above).
         network_disabled: Some(true),
         attach_stdin: Some(false),
         attach_stdout: Some(false),
