@@ -60,6 +60,26 @@ fn generated_recipe(n: usize) -> String {
     source
 }
 
+/// A hostile ~1 MiB recipe: tens of thousands of context keys, anchors and
+/// aliases, and a prompt full of undefined placeholders (worst cases found
+/// while hardening; each was quadratic once).
+fn hostile_recipe() -> String {
+    let mut source =
+        String::from("name: hostile\ndescription: d\nversion: 1.0.0\ncontext:\n  first: &a0 x\n");
+    for idx in 1..15_000 {
+        source.push_str(&format!("  k{idx}: &a{idx} y\n"));
+    }
+    for idx in 0..15_000 {
+        source.push_str(&format!("  r{idx}: *a0\n"));
+    }
+    source.push_str("steps:\n  - id: a\n    agent: dev\n    prompt: \"");
+    for idx in 0..40_000 {
+        source.push_str(&format!("{{{{v{idx}}}}}"));
+    }
+    source.push_str("\"\n");
+    source
+}
+
 fn bench_check(c: &mut Criterion) {
     let options = CheckOptions {
         known_agents: Some(vec!["dev".to_string()]),
@@ -86,6 +106,14 @@ fn bench_check(c: &mut Criterion) {
     c.bench_function("check generated 300-step recipe", |b| {
         b.iter(|| recipe::check(black_box(&large), &options))
     });
+    let hostile = hostile_recipe();
+    assert!(hostile.len() < 1024 * 1024, "must stay under the size bound");
+    let mut group = c.benchmark_group("hostile");
+    group.sample_size(10);
+    group.bench_function("check hostile 1 MiB recipe", |b| {
+        b.iter(|| recipe::check(black_box(&hostile), &options))
+    });
+    group.finish();
 }
 
 criterion_group!(benches, bench_check);
