@@ -131,3 +131,31 @@ fn model_round_trips_through_serde() {
         assert_eq!(back, recipe, "{}", path.display());
     }
 }
+
+#[test]
+fn every_gallery_recipe_checks_without_errors() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../gallery");
+    let files = yaml_files(&dir);
+    assert!(
+        !files.is_empty(),
+        "no gallery recipes found in {}",
+        dir.display()
+    );
+    let options = CheckOptions {
+        known_agents: None,
+        available_recipes: Some(
+            files
+                .iter()
+                .map(|path| path.file_name().unwrap().to_string_lossy().into_owned())
+                .collect(),
+        ),
+    };
+    let mut failures = Vec::new();
+    for path in &files {
+        let checked = recipe::check(&fs::read_to_string(path).unwrap(), &options);
+        if checked.has_errors() || checked.recipe.is_none() {
+            failures.push(format!("{}:\n{}", path.display(), render(&checked)));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
