@@ -190,3 +190,17 @@ fn compiled_in_seccomp_profile_is_the_checked_in_file() {
         serde_json::from_str(SECCOMP_PROFILE_JSON).expect("valid JSON");
     assert_eq!(profile["defaultAction"], "SCMP_ACT_ERRNO");
 }
+
+/// The controller spawns image builds on tokio: the futures must be Send.
+#[test]
+fn ensure_image_futures_are_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let docker =
+        bollard::Docker::connect_with_local_defaults().expect("client (no connection yet)");
+    let inputs = ImageInputs::new("/nonexistent/agent", "/nonexistent/runtime-image");
+    let future = ensure_image(&docker, ImageKind::Standard, &inputs);
+    assert_send(&future);
+    let mut progress = |_: &str| {};
+    let future = ensure_image_with_progress(&docker, ImageKind::Probe, &inputs, &mut progress);
+    assert_send(&future);
+}
