@@ -222,6 +222,9 @@ pub struct While {
     pub break_when: Option<String>,
     /// Applied after each iteration, in declaration order.
     pub update_context: Vec<ContextUpdate>,
+    /// Receives the list of all iteration results (section 5.6 "Body").
+    #[serde(default)]
+    pub collect: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

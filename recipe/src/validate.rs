@@ -577,7 +577,11 @@ impl Validator<'_, '_, '_> {
                     scope.add(collect);
                 }
             }
-            Some(Loop::While(_)) => {}
+            Some(Loop::While(while_loop)) => {
+                if let Some(collect) = &while_loop.collect {
+                    scope.add(collect);
+                }
+            }
             None => {}
         }
         if let StepKind::Bash(bash) = &step.kind
@@ -830,8 +834,10 @@ fn collect_ids<'a>(steps: &[&'a Step], out: &mut Vec<&'a str>) {
 fn collect_outputs<'a>(steps: &'a [Step], out: &mut Vec<&'a str>) {
     for step in steps {
         out.extend(step.output.as_deref());
-        if let Some(Loop::Foreach(foreach)) = &step.looping {
-            out.extend(foreach.collect.as_deref());
+        match &step.looping {
+            Some(Loop::Foreach(foreach)) => out.extend(foreach.collect.as_deref()),
+            Some(Loop::While(while_loop)) => out.extend(while_loop.collect.as_deref()),
+            None => {}
         }
         if let StepKind::Bash(bash) = &step.kind {
             out.extend(bash.output_exit_code.as_deref());

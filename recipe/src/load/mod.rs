@@ -1100,13 +1100,13 @@ fn load_loop(w: &mut Walker<'_, '_>, cx: &StepCtx<'_, '_>, body_key: Option<&str
             checkpoint_iterations: checkpoint,
         }));
     }
-    let _ = collect;
     while_condition.map(|condition| {
         Loop::While(While {
             condition,
             max_while_iterations: max_while.unwrap_or(DEFAULT_MAX_WHILE_ITERATIONS),
             break_when,
             update_context,
+            collect,
         })
     })
 }

@@ -208,3 +208,16 @@ fn body_outputs_leak_to_later_steps_but_loop_vars_do_not() {
         ["undefined-variable steps[1].prompt"]
     );
 }
+
+#[test]
+fn while_collect_is_kept_and_available_afterwards() {
+    let source = format!(
+        "{}  - id: after\n    agent: dev\n    prompt: \"{{{{answers}}}}\"\n",
+        while_step("    while_condition: \"not {{done}}\"\n    collect: answers\n")
+    );
+    assert_clean(&source);
+    let Some(Loop::While(while_loop)) = first_step(&source).looping else {
+        panic!("while")
+    };
+    assert_eq!(while_loop.collect.as_deref(), Some("answers"));
+}
