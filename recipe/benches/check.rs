@@ -107,7 +107,10 @@ fn bench_check(c: &mut Criterion) {
         b.iter(|| recipe::check(black_box(&large), &options))
     });
     let hostile = hostile_recipe();
-    assert!(hostile.len() < 1024 * 1024, "must stay under the size bound");
+    assert!(
+        hostile.len() < 1024 * 1024,
+        "must stay under the size bound"
+    );
     let mut group = c.benchmark_group("hostile");
     group.sample_size(10);
     group.bench_function("check hostile 1 MiB recipe", |b| {
