@@ -314,14 +314,14 @@ impl LinkEndpoint {
     /// [`HANDSHAKE_TIMEOUT`]). Cancel-safe: nothing is consumed until a
     /// connection arrives.
     pub async fn accept(&mut self) -> Result<Accepted, LinkError> {
-        let (stream, _) =
-            self.listener
-                .accept()
-                .await
-                .map_err(|source| LinkError::Accept {
-                    execution_id: self.execution_id.clone(),
-                    source,
-                })?;
+        let (stream, _) = self
+            .listener
+            .accept()
+            .await
+            .map_err(|source| LinkError::Accept {
+                execution_id: self.execution_id.clone(),
+                source,
+            })?;
         if let Err(rejection) = self.check_peer(&stream) {
             return Ok(Accepted::Rejected(rejection));
         }
@@ -355,12 +355,11 @@ impl LinkEndpoint {
                 detail: "peer pid unavailable".to_owned(),
             });
         };
-        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|error| {
-            Rejection {
+        let cgroup =
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|error| Rejection {
                 reason: "peer_unknown",
                 detail: format!("cannot read cgroup of peer pid {pid}: {error}"),
-            }
-        })?;
+            })?;
         if cgroup.contains(container_id.as_str()) {
             Ok(())
         } else {
@@ -671,12 +670,11 @@ impl AgentConnection {
     }
 
     pub async fn send(&mut self, message: &ControllerMessage) -> Result<(), LinkError> {
-        let text = protocol::encode_controller_message(message).map_err(|error| {
-            LinkError::Transport {
+        let text =
+            protocol::encode_controller_message(message).map_err(|error| LinkError::Transport {
                 execution_id: self.execution_id.clone(),
                 detail: error.to_string(),
-            }
-        })?;
+            })?;
         self.websocket
             .send(Message::text(text))
             .await

@@ -81,7 +81,9 @@ impl Tasks {
     /// Wait up to `grace` for every task to end; true when all did.
     pub async fn drain(&self, grace: Duration) -> bool {
         self.tracker.close();
-        tokio::time::timeout(grace, self.tracker.wait()).await.is_ok()
+        tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok()
     }
 }
 
@@ -188,8 +190,15 @@ impl Launcher {
         let step_uid = self.uids.allocate();
         let ending = match step_uid {
             Some(step_uid) => {
-                self.launch(execution, step_uid, commands, cancel_before_start, pass, shutdown)
-                    .await
+                self.launch(
+                    execution,
+                    step_uid,
+                    commands,
+                    cancel_before_start,
+                    pass,
+                    shutdown,
+                )
+                .await
             }
             None => Err(EarlyEnd {
                 status: FinalStatus::SandboxCrashed,
@@ -204,7 +213,10 @@ impl Launcher {
             self.uids.release(uid);
         }
         self.control.unregister(&execution_id);
-        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "execution task ended");
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "execution task ended"
+        );
     }
 
     async fn launch(
@@ -423,7 +435,9 @@ impl Launcher {
                 protocol_error,
                 cancel_requested,
             } => {
-                let agent_said = agent_done.as_ref().map(|outcome| verdict_of(outcome.status));
+                let agent_said = agent_done
+                    .as_ref()
+                    .map(|outcome| verdict_of(outcome.status));
                 let verdict = crate::sandbox::verdict(&VerdictInputs {
                     runtime,
                     exit: &exit,
@@ -432,9 +446,20 @@ impl Launcher {
                     cancel_requested,
                 });
                 let status = final_of(verdict);
-                let detail = describe_end(status, &exit, agent_done.as_ref(), protocol_error.as_deref());
-                self.finalize(execution_id, status, detail.as_deref(), Some(&exit), Some(handle))
-                    .await;
+                let detail = describe_end(
+                    status,
+                    &exit,
+                    agent_done.as_ref(),
+                    protocol_error.as_deref(),
+                );
+                self.finalize(
+                    execution_id,
+                    status,
+                    detail.as_deref(),
+                    Some(&exit),
+                    Some(handle),
+                )
+                .await;
             }
         }
     }
@@ -458,7 +483,14 @@ impl Launcher {
             .map(|class| class.output_cap_bytes)
             .max()
             .unwrap_or(0);
-        match Relay::open(self.store.clone(), self.hub.clone(), execution_id, output_cap).await {
+        match Relay::open(
+            self.store.clone(),
+            self.hub.clone(),
+            execution_id,
+            output_cap,
+        )
+        .await
+        {
             Ok(mut relay) => {
                 let mut bodies = Vec::new();
                 if let Some(usage) = exit.and_then(|exit| exit.usage.as_ref()) {
@@ -503,11 +535,16 @@ impl Launcher {
         }
     }
 
-    fn class_of<'a>(&'a self, execution: &Execution) -> Result<(&'a str, &'a ClassConfig), EarlyEnd> {
-        self.config.class(Some(&execution.class)).ok_or_else(|| EarlyEnd {
-            status: FinalStatus::SandboxCrashed,
-            detail: format!("execution class {:?} is not configured", execution.class),
-        })
+    fn class_of<'a>(
+        &'a self,
+        execution: &Execution,
+    ) -> Result<(&'a str, &'a ClassConfig), EarlyEnd> {
+        self.config
+            .class(Some(&execution.class))
+            .ok_or_else(|| EarlyEnd {
+                status: FinalStatus::SandboxCrashed,
+                detail: format!("execution class {:?} is not configured", execution.class),
+            })
     }
 
     async fn open_relay(&self, execution_id: &str, class: &ClassConfig) -> Result<Relay, EarlyEnd> {
@@ -522,9 +559,9 @@ impl Launcher {
     }
 
     fn deadline_of(&self, class: &ClassConfig) -> Duration {
-        class
-            .wall_timeout()
-            .min(Duration::from_secs(self.config.limits.max_execution_deadline_secs))
+        class.wall_timeout().min(Duration::from_secs(
+            self.config.limits.max_execution_deadline_secs,
+        ))
     }
 
     fn max_artifact_bytes(&self) -> u64 {

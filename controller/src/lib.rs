@@ -17,4 +17,5 @@ pub mod queue;
 pub mod reconcile;
 pub mod relay;
 pub mod sandbox;
+pub mod serve;
 pub mod store;

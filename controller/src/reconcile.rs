@@ -149,7 +149,14 @@ async fn decide(launcher: &Launcher, execution: &Execution) -> Decision {
 
 async fn finish(launcher: &Launcher, execution: &Execution, status: FinalStatus, detail: &str) {
     tracing::info!(execution_id = %execution.id, status = status.as_str(), %detail, "reconciled");
-    match Relay::open(launcher.store.clone(), launcher.hub.clone(), &execution.id, 0).await {
+    match Relay::open(
+        launcher.store.clone(),
+        launcher.hub.clone(),
+        &execution.id,
+        0,
+    )
+    .await
+    {
         Ok(mut relay) => {
             let finished = EventBody::Controller(ControllerEvent::Finished {
                 status,
@@ -193,7 +200,10 @@ pub async fn reap_periodically(launcher: Launcher, tasks: Tasks) {
         // Exclusive: no execution is between claim and container creation.
         let _gate = launcher.creation_gate.write().await;
         let live: HashSet<String> = match launcher.store.list_unfinished().await {
-            Ok(unfinished) => unfinished.into_iter().map(|execution| execution.id).collect(),
+            Ok(unfinished) => unfinished
+                .into_iter()
+                .map(|execution| execution.id)
+                .collect(),
             Err(error) => {
                 tracing::error!(%error, "reaper cannot list unfinished executions");
                 continue;
@@ -208,7 +218,11 @@ pub async fn reap_periodically(launcher: Launcher, tasks: Tasks) {
         }
         let retention = &launcher.config.retention;
         let cutoff_ms = crate::store::now_ms() - i64::from(retention.days) * 86_400_000;
-        match launcher.store.purge(cutoff_ms, retention.max_executions).await {
+        match launcher
+            .store
+            .purge(cutoff_ms, retention.max_executions)
+            .await
+        {
             Ok(purged) if purged.n_executions > 0 => {
                 tracing::info!(n_executions = purged.n_executions, "retention purge");
             }

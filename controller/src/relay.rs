@@ -136,13 +136,14 @@ impl Relay {
         execution_id: &str,
         output_cap_bytes: u64,
     ) -> Result<Relay, RelayError> {
-        let last_seq = store
-            .last_event_seq(execution_id)
-            .await
-            .map_err(|source| RelayError::Persist {
-                execution_id: execution_id.to_owned(),
-                source,
-            })?;
+        let last_seq =
+            store
+                .last_event_seq(execution_id)
+                .await
+                .map_err(|source| RelayError::Persist {
+                    execution_id: execution_id.to_owned(),
+                    source,
+                })?;
         Ok(Relay {
             store,
             hub,
@@ -190,7 +191,9 @@ impl Relay {
 
     /// Persist and publish one controller event.
     pub async fn record_controller(&mut self, event: ControllerEvent) -> Result<(), RelayError> {
-        self.record(vec![EventBody::Controller(event)]).await.map(|_| ())
+        self.record(vec![EventBody::Controller(event)])
+            .await
+            .map(|_| ())
     }
 
     /// The controller's backstop for the per-execution output cap.

@@ -143,9 +143,8 @@ pub async fn run(parts: SessionParts, shutdown: CancellationToken) -> Ending {
     if session.cancel_requested {
         session.arm_grace(CANCEL_GRACE);
     }
-    let mut heartbeat = tokio::time::interval(Duration::from_millis(
-        protocol::HEARTBEAT_INTERVAL_MS,
-    ));
+    let mut heartbeat =
+        tokio::time::interval(Duration::from_millis(protocol::HEARTBEAT_INTERVAL_MS));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let mut commands_open = true;
@@ -203,9 +202,7 @@ pub async fn run(parts: SessionParts, shutdown: CancellationToken) -> Ending {
     }
 }
 
-async fn recv_or_pending(
-    connection: Option<&mut AgentConnection>,
-) -> Result<Received, LinkError> {
+async fn recv_or_pending(connection: Option<&mut AgentConnection>) -> Result<Received, LinkError> {
     match connection {
         Some(connection) => connection.recv().await,
         None => std::future::pending().await,
@@ -393,11 +390,7 @@ impl Session {
     /// Persist, publish (inside the relay), record the acked position, ack.
     async fn flush(&mut self, batch: Vec<EventBody>) -> Result<(), String> {
         if !batch.is_empty() {
-            self.parts
-                .relay
-                .record(batch)
-                .await
-                .map_err(relay_error)?;
+            self.parts.relay.record(batch).await.map_err(relay_error)?;
         }
         let acked = self.next_agent_seq - 1;
         if acked > 0 {
@@ -449,13 +442,11 @@ impl Session {
         match message {
             AgentMessage::Hello(_) => Ok(Err("hello after the handshake".to_owned())),
             AgentMessage::Heartbeat { .. } | AgentMessage::ModelCancel { .. } => Ok(Ok(())),
-            AgentMessage::Event(event) => Ok(self
-                .check_seq(event.seq)
-                .map(|is_new| {
-                    if is_new {
-                        batch.push(event.body.into());
-                    }
-                })),
+            AgentMessage::Event(event) => Ok(self.check_seq(event.seq).map(|is_new| {
+                if is_new {
+                    batch.push(event.body.into());
+                }
+            })),
             AgentMessage::ArtifactChunk(chunk) => match self.check_seq(chunk.seq) {
                 Ok(true) => self.on_artifact_chunk(chunk, batch).await,
                 Ok(false) => Ok(Ok(())),
@@ -539,9 +530,7 @@ impl Session {
         if artifact.name != chunk.name || artifact.data.len() as u64 != chunk.offset {
             return Ok(Err(format!(
                 "artifact chunk of {:?} at offset {} does not continue {:?}",
-                chunk.name,
-                chunk.offset,
-                artifact.name
+                chunk.name, chunk.offset, artifact.name
             )));
         }
         let max = self.parts.max_artifact_bytes;
@@ -679,7 +668,13 @@ impl Session {
         match self
             .parts
             .store
-            .decide_approval(&execution_id, &stage, stored_choice, &by, message.as_deref())
+            .decide_approval(
+                &execution_id,
+                &stage,
+                stored_choice,
+                &by,
+                message.as_deref(),
+            )
             .await
         {
             Ok(_) | Err(StoreError::ApprovalAlreadyDecided { .. }) => {}
@@ -747,7 +742,10 @@ impl Session {
         }
         let silence = self.last_heard.elapsed();
         if silence > Duration::from_millis(protocol::HEARTBEAT_TIMEOUT_MS) {
-            tracing::info!(silence_ms = silence.as_millis() as u64, "agent silent: dropping the connection");
+            tracing::info!(
+                silence_ms = silence.as_millis() as u64,
+                "agent silent: dropping the connection"
+            );
             if let Some(connection) = self.connection.take() {
                 connection.close_normal("heartbeat_timeout").await;
             }

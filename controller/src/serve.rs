@@ -1,0 +1,226 @@
+//! Stage: start-up and shutdown. `kiln serve` (and the embedded controller of
+//! `kiln run`) in the order the style guide asks for:
+//!
+//! 1. configuration, read and validated by the caller before anything else;
+//! 2. the data and run directories, the store, migrations;
+//! 3. the admin token on first start (shown once, only its hash is stored);
+//! 4. Docker;
+//! 5. restart reconciliation (take back, finish, reap);
+//! 6. the queue and the periodic reaper;
+//! 7. the API on its listener.
+//!
+//! Shutdown (SIGTERM/SIGINT or the caller's token): cancel → the queue stops
+//! claiming, sessions detach from their agents (containers keep running and
+//! the next start takes them back) → drain with a grace period → log what
+//! did not finish.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{AppState, ReadinessCheck};
+use crate::config::Config;
+use crate::launcher::{Control, Launcher, Tasks};
+use crate::queue::Slots;
+use crate::reconcile::ReconcileReport;
+use crate::relay::Hub;
+use crate::sandbox::{Sandbox, SandboxError};
+use crate::store::{Store, StoreError};
+
+/// How long shutdown waits for tasks to finish.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("create directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("open the store")]
+    OpenStore(#[source] StoreError),
+    #[error("create the admin token")]
+    BootstrapToken(#[source] StoreError),
+    #[error("connect to docker")]
+    ConnectDocker(#[source] SandboxError),
+    #[error("read or write the instance id {path}")]
+    InstanceId {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reconcile after restart")]
+    Reconcile(#[source] crate::reconcile::ReconcileError),
+}
+
+/// A started controller: everything runs except the API listener.
+pub struct Controller {
+    pub state: AppState,
+    pub launcher: Launcher,
+    pub tasks: Tasks,
+    /// The admin token, when this start created it (show it once).
+    pub new_admin_token: Option<String>,
+    pub reconciled: ReconcileReport,
+}
+
+/// Steps 2-6 of the start-up story. `config` is already validated.
+pub async fn start(
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+) -> Result<Controller, StartError> {
+    let data_dir = &config.server.data_dir;
+    create_dir(data_dir, 0o700)?;
+    // The agent only needs `x` on the run dir to reach its own socket dir.
+    create_dir(&config.server.run_dir, 0o711)?;
+    let instance = instance_id(data_dir)?;
+
+    let store = Store::open_sqlite(&config.database_path(), config.limits.max_artifact_bytes)
+        .await
+        .map_err(StartError::OpenStore)?;
+    let new_admin_token = store
+        .bootstrap_admin_token()
+        .await
+        .map_err(StartError::BootstrapToken)?;
+
+    let sandbox = Sandbox::connect()
+        .await
+        .map_err(StartError::ConnectDocker)?;
+    let hub = Hub::default();
+    let control = Control::new();
+    let launcher = Launcher::new(
+        Arc::clone(&config),
+        store.clone(),
+        sandbox.clone(),
+        hub.clone(),
+        control.clone(),
+        instance.clone(),
+    );
+    let tasks = Tasks::new(shutdown);
+    let slots = Slots::new(config.queue.concurrency);
+
+    let reconciled = crate::reconcile::reconcile(&launcher, &slots, &tasks)
+        .await
+        .map_err(StartError::Reconcile)?;
+    tracing::info!(
+        queued = reconciled.n_queued,
+        taken_back = reconciled.taken_back.len(),
+        finished = reconciled.finished.len(),
+        containers_reaped = reconciled.n_containers_reaped,
+        socket_dirs_reaped = reconciled.n_socket_dirs_reaped,
+        "reconciled"
+    );
+
+    tasks.spawn(
+        tracing::info_span!("queue"),
+        crate::queue::run(launcher.clone(), slots, tasks.clone()),
+    );
+    tasks.spawn(
+        tracing::info_span!("reaper"),
+        crate::reconcile::reap_periodically(launcher.clone(), tasks.clone()),
+    );
+
+    let readiness_sandbox = sandbox.clone();
+    let readiness_instance = instance.clone();
+    let docker_ready: ReadinessCheck = Arc::new(move || {
+        let sandbox = readiness_sandbox.clone();
+        let instance = readiness_instance.clone();
+        async move {
+            sandbox
+                .list_labelled(&instance)
+                .await
+                .map(|_| ())
+                .map_err(|error| error.to_string())
+        }
+        .boxed()
+    });
+    let state = AppState::new(config, store, hub, control, docker_ready);
+    Ok(Controller {
+        state,
+        launcher,
+        tasks,
+        new_admin_token,
+        reconciled,
+    })
+}
+
+/// Step 7 and the shutdown: serve the API on `listener` until `shutdown` is
+/// cancelled, then drain.
+pub async fn serve(
+    controller: Controller,
+    listener: tokio::net::TcpListener,
+) -> std::io::Result<()> {
+    let shutdown = controller.tasks.shutdown_token();
+    let app = crate::api::app(controller.state.clone());
+    let server_shutdown = shutdown.clone();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
+        .await;
+    shutdown.cancel();
+    drain(&controller.tasks).await;
+    served
+}
+
+/// Wait for the tasks with [`DRAIN_GRACE`]; log what did not finish.
+pub async fn drain(tasks: &Tasks) {
+    if tasks.drain(DRAIN_GRACE).await {
+        tracing::info!("all tasks finished");
+    } else {
+        tracing::warn!(
+            unfinished = tasks.n_running(),
+            "tasks still running after the grace period; the next start reconciles them"
+        );
+    }
+}
+
+/// Cancel `shutdown` on SIGTERM or SIGINT.
+pub fn cancel_on_signals(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(terminate) => terminate,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        }
+        shutdown.cancel();
+    });
+}
+
+fn create_dir(path: &Path, mode: u32) -> Result<(), StartError> {
+    let error = |source| StartError::CreateDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(error)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(error)
+}
+
+/// This controller's `kiln.instance` label: random once, kept in the data dir,
+/// so a restart recognises its own containers.
+fn instance_id(data_dir: &Path) -> Result<String, StartError> {
+    let path = data_dir.join("instance-id");
+    let error = |source| StartError::InstanceId {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_owned()),
+        Ok(_) => Err(error(std::io::Error::other("empty instance id file"))),
+        Err(read_error) if read_error.kind() == std::io::ErrorKind::NotFound => {
+            let id = format!("kiln-{}", &hex::encode(rand::random::<[u8; 8]>()));
+            std::fs::write(&path, &id).map_err(error)?;
+            Ok(id)
+        }
+        Err(read_error) => Err(error(read_error)),
+    }
+}

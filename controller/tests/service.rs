@@ -1,0 +1,497 @@
+//! The controller's service tests, one binary: the agent link against a fake
+//! agent over a real Unix socket, the relay's ordering and batching, the
+//! queue's concurrency limit, and restart reconciliation against real Docker.
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use controller::agent_link::{
+    Accepted, Admission, AgentConnection, LinkEndpoint, LinkError, Received,
+};
+use futures::{SinkExt, StreamExt};
+use protocol::{AgentMessage, ControllerMessage, Hello, RejectReason, Resume};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+const EXECUTION_ID: &str = "0b6f9d8e-1c1a-4c5e-9d55-6f2f1b1a0c01";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// What the server side of the link reports to a test.
+#[derive(Debug)]
+enum Seen {
+    Connected(Admission),
+    Rejected(&'static str),
+    Message(AgentMessage),
+    Closed,
+    Violation(String, bool),
+}
+
+struct Server {
+    /// Keeps the run dir alive for the test's duration.
+    _run_dir: std::sync::Arc<tempfile::TempDir>,
+    socket_dir: std::path::PathBuf,
+    seen: mpsc::UnboundedReceiver<Seen>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Serve one execution's link: report every accept and every message.
+fn serve(mut endpoint: LinkEndpoint, run_dir: std::sync::Arc<tempfile::TempDir>) -> Server {
+    let socket_dir = endpoint.dir().to_path_buf();
+    let (report, seen) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            match endpoint.accept().await.unwrap() {
+                Accepted::Rejected(rejection) => {
+                    let _ = report.send(Seen::Rejected(rejection.reason));
+                }
+                Accepted::Connected {
+                    connection,
+                    admission,
+                    ..
+                } => {
+                    let _ = report.send(Seen::Connected(admission));
+                    relay_messages(connection, &report).await;
+                }
+            }
+        }
+    });
+    Server {
+        _run_dir: run_dir,
+        socket_dir,
+        seen,
+        task,
+    }
+}
+
+async fn relay_messages(mut connection: AgentConnection, report: &mpsc::UnboundedSender<Seen>) {
+    loop {
+        match connection.recv().await {
+            Ok(Received::Message { message, .. }) => {
+                let _ = report.send(Seen::Message(message));
+            }
+            Ok(Received::Closed) => {
+                let _ = report.send(Seen::Closed);
+                return;
+            }
+            Err(error) => {
+                let is_violation = error.is_protocol_violation();
+                let reason = match &error {
+                    LinkError::Protocol { error, .. } => error.reason().to_owned(),
+                    other => other.to_string(),
+                };
+                connection.close_for(&error).await;
+                let _ = report.send(Seen::Violation(reason, is_violation));
+                return;
+            }
+        }
+    }
+}
+
+fn new_server() -> (Server, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = LinkEndpoint::create(dir.path(), EXECUTION_ID).unwrap();
+    let token = std::fs::read_to_string(dir.path().join(EXECUTION_ID).join("token")).unwrap();
+    (serve(endpoint, std::sync::Arc::new(dir)), token)
+}
+
+impl Server {
+    fn socket_dir(&self) -> std::path::PathBuf {
+        self.socket_dir.clone()
+    }
+
+    async fn next(&mut self) -> Seen {
+        tokio::time::timeout(WAIT, self.seen.recv())
+            .await
+            .expect("the server reports within the wait")
+            .expect("the server task is alive")
+    }
+}
+
+type Client = WebSocketStream<UnixStream>;
+
+async fn connect(socket_dir: &Path) -> Client {
+    let stream = UnixStream::connect(socket_dir.join("agent.sock"))
+        .await
+        .unwrap();
+    let (websocket, _) = tokio_tungstenite::client_async("ws://localhost/agent", stream)
+        .await
+        .unwrap();
+    websocket
+}
+
+fn hello(execution_id: &str, token: &str, resume: Option<Resume>) -> String {
+    protocol::encode_agent_message(&AgentMessage::Hello(Hello {
+        version: protocol::PROTOCOL_VERSION,
+        execution_id: execution_id.to_owned(),
+        token: token.to_owned(),
+        resume,
+    }))
+    .unwrap()
+}
+
+/// The next controller message, or the close code the server sent.
+async fn read_reply(client: &mut Client) -> Result<ControllerMessage, Option<u16>> {
+    loop {
+        let message = tokio::time::timeout(WAIT, client.next())
+            .await
+            .expect("the server answers within the wait");
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                return Ok(protocol::decode_controller_message(text.as_str()).unwrap());
+            }
+            Some(Ok(Message::Close(frame))) => {
+                return Err(frame.map(|frame| u16::from(frame.code)));
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return Err(None),
+        }
+    }
+}
+
+async fn handshake(client: &mut Client, token: &str, resume: Option<Resume>) -> ControllerMessage {
+    client
+        .send(Message::text(hello(EXECUTION_ID, token, resume)))
+        .await
+        .unwrap();
+    read_reply(client).await.unwrap()
+}
+
+fn session_key_of(welcome: &ControllerMessage) -> String {
+    match welcome {
+        ControllerMessage::Welcome { session_key } => session_key.clone(),
+        other => panic!("expected welcome, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn socket_dir_socket_and_token_have_the_documented_modes() {
+    let (server, token) = new_server();
+    let mode = |name: &str| {
+        std::fs::metadata(server.socket_dir().join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode(""), 0o711);
+    assert_eq!(mode("agent.sock"), 0o600);
+    assert_eq!(mode("token"), 0o400);
+    assert_eq!(token.len(), 64);
+    assert!(token.bytes().all(|byte| byte.is_ascii_hexdigit()));
+}
+
+#[tokio::test]
+async fn handshake_with_the_token_is_welcomed_and_burns_the_token() {
+    let (mut server, token) = new_server();
+    let mut client = connect(&server.socket_dir()).await;
+    let welcome = handshake(&mut client, &token, None).await;
+    assert_eq!(session_key_of(&welcome).len(), 64);
+    assert!(matches!(
+        server.next().await,
+        Seen::Connected(Admission::Fresh)
+    ));
+    assert!(!server.socket_dir().join("token").exists());
+
+    // Events flow once connected.
+    let event = r#"{"type":"heartbeat","seq_sent":0}"#;
+    client.send(Message::text(event)).await.unwrap();
+    assert!(matches!(
+        server.next().await,
+        Seen::Message(AgentMessage::Heartbeat { seq_sent: 0 })
+    ));
+}
+
+#[tokio::test]
+async fn wrong_token_is_rejected() {
+    let (mut server, _token) = new_server();
+    let mut client = connect(&server.socket_dir()).await;
+    let reply = handshake(&mut client, &"0".repeat(64), None).await;
+    assert_eq!(
+        reply,
+        ControllerMessage::Reject {
+            reason: RejectReason::BadToken
+        }
+    );
+    assert_eq!(read_reply(&mut client).await, Err(Some(1008)));
+    assert!(matches!(server.next().await, Seen::Rejected("bad_token")));
+}
+
+#[tokio::test]
+async fn token_replay_is_rejected() {
+    let (mut server, token) = new_server();
+    let mut first = connect(&server.socket_dir()).await;
+    handshake(&mut first, &token, None).await;
+    assert!(matches!(
+        server.next().await,
+        Seen::Connected(Admission::Fresh)
+    ));
+    first.close(None).await.unwrap();
+    drop(first);
+    assert!(matches!(server.next().await, Seen::Closed));
+
+    let mut replay = connect(&server.socket_dir()).await;
+    let reply = handshake(&mut replay, &token, None).await;
+    assert_eq!(
+        reply,
+        ControllerMessage::Reject {
+            reason: RejectReason::BadToken
+        }
+    );
+    assert!(matches!(
+        server.next().await,
+        Seen::Rejected("token_replay")
+    ));
+}
+
+#[tokio::test]
+async fn forged_execution_id_is_rejected() {
+    let (mut server, token) = new_server();
+    let mut client = connect(&server.socket_dir()).await;
+    client
+        .send(Message::text(hello(
+            "11111111-2222-3333-4444-555555555555",
+            &token,
+            None,
+        )))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_reply(&mut client).await,
+        Ok(ControllerMessage::Reject {
+            reason: RejectReason::WrongExecution
+        })
+    );
+    assert!(matches!(
+        server.next().await,
+        Seen::Rejected("wrong_execution")
+    ));
+    // The token was not burnt by the forged hello.
+    assert!(server.socket_dir().join("token").exists());
+}
+
+#[tokio::test]
+async fn wrong_protocol_version_is_rejected() {
+    let (mut server, token) = new_server();
+    let mut client = connect(&server.socket_dir()).await;
+    let text = hello(EXECUTION_ID, &token, None).replace(
+        &format!("\"version\":{}", protocol::PROTOCOL_VERSION),
+        "\"version\":999",
+    );
+    client.send(Message::text(text)).await.unwrap();
+    // The codec refuses the version before a hello exists: close 1008.
+    assert_eq!(read_reply(&mut client).await, Err(Some(1008)));
+    assert!(matches!(
+        server.next().await,
+        Seen::Rejected("version_mismatch")
+    ));
+}
+
+async fn connected_client() -> (Server, Client) {
+    let (mut server, token) = new_server();
+    let mut client = connect(&server.socket_dir()).await;
+    handshake(&mut client, &token, None).await;
+    assert!(matches!(
+        server.next().await,
+        Seen::Connected(Admission::Fresh)
+    ));
+    (server, client)
+}
+
+#[tokio::test]
+async fn oversized_frame_closes_with_1009() {
+    let (mut server, mut client) = connected_client().await;
+    let huge = "x".repeat(protocol::MAX_FRAME_BYTES + 1);
+    // The client may see the close before it finishes writing.
+    let _ = client.send(Message::text(huge)).await;
+    assert_eq!(read_reply(&mut client).await, Err(Some(1009)));
+    match server.next().await {
+        Seen::Violation(reason, true) => assert_eq!(reason, "frame_too_large"),
+        other => panic!("expected a violation, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn invalid_utf8_closes_with_1007() {
+    let (mut server, mut client) = connected_client().await;
+    let frame = Frame::message(vec![b'"', 0xff, 0xfe, b'"'], OpCode::Data(Data::Text), true);
+    client.send(Message::Frame(frame)).await.unwrap();
+    assert_eq!(read_reply(&mut client).await, Err(Some(1007)));
+    match server.next().await {
+        Seen::Violation(reason, true) => assert_eq!(reason, "invalid_utf8"),
+        other => panic!("expected a violation, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn too_deep_json_is_a_protocol_error() {
+    let (mut server, mut client) = connected_client().await;
+    let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
+    client.send(Message::text(deep)).await.unwrap();
+    assert_eq!(read_reply(&mut client).await, Err(Some(1008)));
+    match server.next().await {
+        Seen::Violation(reason, true) => assert_eq!(reason, "json_too_deep"),
+        other => panic!("expected a violation, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn binary_frame_closes_with_1003() {
+    let (mut server, mut client) = connected_client().await;
+    client.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(read_reply(&mut client).await, Err(Some(1003)));
+    match server.next().await {
+        Seen::Violation(reason, true) => assert_eq!(reason, "binary_frame"),
+        other => panic!("expected a violation, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn half_open_handshake_times_out_and_frees_the_listener() {
+    let (mut server, token) = new_server();
+    // Connect and say nothing at all.
+    let _silent = UnixStream::connect(server.socket_dir().join("agent.sock"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        server.next().await,
+        Seen::Rejected("handshake_timeout")
+    ));
+    // The real agent still gets in afterwards.
+    let mut client = connect(&server.socket_dir()).await;
+    session_key_of(&handshake(&mut client, &token, None).await);
+    assert!(matches!(
+        server.next().await,
+        Seen::Connected(Admission::Fresh)
+    ));
+}
+
+#[tokio::test]
+async fn reconnect_with_the_session_key_resumes_and_keys_rotate() {
+    let (mut server, token) = new_server();
+    let mut first = connect(&server.socket_dir()).await;
+    let first_key = session_key_of(&handshake(&mut first, &token, None).await);
+    assert!(matches!(
+        server.next().await,
+        Seen::Connected(Admission::Fresh)
+    ));
+    drop(first);
+    assert!(matches!(
+        server.next().await,
+        Seen::Closed | Seen::Violation(..)
+    ));
+
+    let mut second = connect(&server.socket_dir()).await;
+    let resume = Resume {
+        session_key: first_key.clone(),
+        last_acked_seq: 7,
+    };
+    let second_key = session_key_of(&handshake(&mut second, "", Some(resume)).await);
+    assert_ne!(second_key, first_key);
+    assert!(matches!(
+        server.next().await,
+        Seen::Connected(Admission::Resumed { last_acked_seq: 7 })
+    ));
+    drop(second);
+    assert!(matches!(
+        server.next().await,
+        Seen::Closed | Seen::Violation(..)
+    ));
+
+    // The first key was rotated away.
+    let mut stale = connect(&server.socket_dir()).await;
+    let stale_resume = Resume {
+        session_key: first_key,
+        last_acked_seq: 7,
+    };
+    assert_eq!(
+        handshake(&mut stale, "", Some(stale_resume)).await,
+        ControllerMessage::Reject {
+            reason: RejectReason::BadSessionKey
+        }
+    );
+    assert!(matches!(
+        server.next().await,
+        Seen::Rejected("bad_session_key")
+    ));
+}
+
+#[tokio::test]
+async fn reopened_endpoint_admits_only_the_persisted_session_key() {
+    let run_dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let endpoint = LinkEndpoint::create(run_dir.path(), EXECUTION_ID).unwrap();
+    let token = std::fs::read_to_string(run_dir.path().join(EXECUTION_ID).join("token")).unwrap();
+    let mut server = serve(endpoint, run_dir.clone());
+    let mut first = connect(&server.socket_dir()).await;
+    let key = session_key_of(&handshake(&mut first, &token, None).await);
+    assert!(matches!(
+        server.next().await,
+        Seen::Connected(Admission::Fresh)
+    ));
+    drop(first);
+
+    // "Restart": the old listener dies; a new one on the same path knows
+    // only the session key's hash.
+    server.task.abort();
+    let _ = (&mut server.task).await;
+    drop(server);
+    let reopened = LinkEndpoint::reopen(
+        run_dir.path(),
+        EXECUTION_ID,
+        Some(controller::agent_link::sha256_hex(&key)),
+        None,
+    )
+    .unwrap();
+    let mut server = serve(reopened, run_dir.clone());
+    let mut token_again = connect(&server.socket_dir()).await;
+    assert_eq!(
+        handshake(&mut token_again, &token, None).await,
+        ControllerMessage::Reject {
+            reason: RejectReason::BadToken
+        }
+    );
+    assert!(matches!(
+        server.next().await,
+        Seen::Rejected("token_replay")
+    ));
+    let mut resumed = connect(&server.socket_dir()).await;
+    let resume = Resume {
+        session_key: key,
+        last_acked_seq: 3,
+    };
+    session_key_of(&handshake(&mut resumed, "", Some(resume)).await);
+    assert!(matches!(
+        server.next().await,
+        Seen::Connected(Admission::Resumed { last_acked_seq: 3 })
+    ));
+}
+
+#[tokio::test]
+async fn socket_refuses_other_uids() {
+    // A step runs as an unprivileged uid: connecting to the 0600 root socket
+    // is EACCES. Checked with a real setuid child, as on the host.
+    let (server, _token) = new_server();
+    let socket = server.socket_dir().join("agent.sock");
+    let output = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg("/usr/bin/python3")
+        .arg("-c")
+        .arg(format!(
+            "import socket,errno\ns=socket.socket(socket.AF_UNIX)\ntry:\n  s.connect({:?})\n  print('connected')\nexcept OSError as e:\n  print(errno.errorcode[e.errno])",
+            socket.display().to_string()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "EACCES");
+}
