@@ -815,7 +815,7 @@ pub(crate) async fn run_while(
         frame,
         context,
         step,
-        None,
+        while_loop.collect.as_ref(),
         results,
         LoopKind::While,
         ended_by,

@@ -294,6 +294,18 @@ async fn while_break_when_and_max_iterations() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn while_collect_gathers_every_iteration_result() {
+    // Section 5.6 "Body": with `collect`, a while loop stores all iteration results.
+    let recipe = while_recipe(
+        "    while_condition: \"true\"\n    max_while_iterations: 3\n    collect: all\n",
+    );
+    let fake = Fake::new().arc();
+    let ran = run(&recipe, json!({}), &fake).await;
+    assert_eq!(ran.outcome.status, RunStatus::Succeeded);
+    assert_eq!(ran.ctx("all"), Some(&json!(["step 1", "step 2", "step 3"])));
+}
+
+#[tokio::test(start_paused = true)]
 async fn while_condition_uses_typed_values() {
     // The reference substituted raw text first, so "in progress" broke parsing (W6).
     let recipe = while_recipe(
