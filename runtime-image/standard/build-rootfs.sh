@@ -11,8 +11,9 @@
 #
 # Environment:
 #   KILN_DEBIAN_MIRROR  default http://deb.debian.org/debian (reachable through
-#                       the package proxy on the build hosts)
-#   KILN_DEBIAN_SUITE   default bookworm (Debian 12)
+#                       the package proxy on the build hosts). Only where the
+#                       packages come from: it is not part of the cache key.
+# The suite is fixed here (bookworm, Debian 12), so that it is part of the hash.
 set -euo pipefail
 
 log() { printf '[build-rootfs] %s\n' "$*" >&2; }
@@ -24,7 +25,7 @@ fi
 out=$1
 here=$(cd "$(dirname "$0")" && pwd)
 mirror=${KILN_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-suite=${KILN_DEBIAN_SUITE:-bookworm}
+suite=bookworm
 
 if [ "$(id -u)" -ne 0 ]; then
   log "must run as root (debootstrap needs chroot and mknod)"
@@ -35,7 +36,7 @@ command -v debootstrap >/dev/null || { log "debootstrap is not installed (run de
 packages=$(grep -v -e '^#' -e '^[[:space:]]*$' "$here/packages.txt" | paste -sd, -)
 
 work=$(mktemp -d /var/tmp/kiln-rootfs.XXXXXX)
-cleanup() { rm -rf "$work"; }
+cleanup() { rm -rf "$work"; rm -f "${partial:-}"; }
 trap cleanup EXIT
 rootfs=$work/rootfs
 
@@ -63,6 +64,10 @@ echo sandbox > "$rootfs"/etc/hostname
 
 log "writing $out"
 mkdir -p "$(dirname "$out")"
-tar --numeric-owner --sort=name --xattrs -C "$rootfs" -cf "$out.partial" .
-mv "$out.partial" "$out"
+# Write beside the target, then rename: a concurrent build of the same hash
+# (CI and a developer, two test binaries) never sees a half-written tarball.
+partial=$(mktemp "$out.partial.XXXXXX")
+tar --numeric-owner --sort=name --xattrs -C "$rootfs" -cf "$partial" .
+chmod 0644 "$partial"
+mv -f "$partial" "$out"
 log "done: $(du -h "$out" | cut -f1) $out"
