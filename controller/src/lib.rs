@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod agent_link;
+pub mod cli;
 pub mod config;
 pub mod intake;
 pub mod launcher;
