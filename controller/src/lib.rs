@@ -12,6 +12,7 @@ pub mod api;
 pub mod agent_link;
 pub mod cli;
 pub mod config;
+pub mod gateway;
 pub mod intake;
 pub mod launcher;
 pub mod queue;

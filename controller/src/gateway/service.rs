@@ -1,0 +1,189 @@
+//! The [`Gateway`]: configured providers, profiles, retry policy and the
+//! budget ledger behind one `call` per model request.
+//!
+//! Order of one call: resolve (profile + configuration) → budget check, which
+//! counts the request → `max_tokens` capped to the output tokens still
+//! allowed → streamed provider call with retries → usage recorded.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
+
+use super::budget::{BudgetExhausted, BudgetLedger};
+use super::client::{BuildClientError, Completion, ProviderClient, ProviderError};
+use super::config::{GatewayConfig, GatewayConfigError, LoadKeyError, load_api_keys};
+use super::profiles::AgentProfiles;
+use super::resolve::{Resolution, ResolveError, ResolveInput, resolve};
+use super::retry::{RetryClock, RetryNotice, RetryPolicy, TokioRetryClock, stream_with_retry};
+
+/// Setting up the gateway failed (at startup, before any port is bound).
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Config(#[from] GatewayConfigError),
+    #[error(transparent)]
+    LoadKey(#[from] LoadKeyError),
+    #[error(transparent)]
+    BuildClient(#[from] BuildClientError),
+}
+
+/// Who a call is billed to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallScope {
+    pub user: String,
+    pub execution: String,
+    pub step_id: String,
+}
+
+/// A finished call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallOutcome {
+    pub completion: Completion,
+    pub resolution: Resolution,
+}
+
+/// A model call failed.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum CallError {
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error(transparent)]
+    Budget(#[from] BudgetExhausted),
+    #[error("model call to provider `{provider}` failed: {error}")]
+    Provider {
+        provider: String,
+        error: ProviderError,
+    },
+}
+
+impl CallError {
+    /// The wire code the agent receives.
+    pub fn code(&self) -> protocol::ModelErrorCode {
+        use protocol::ModelErrorCode;
+        match self {
+            CallError::Resolve(ResolveError::NoProviders) => ModelErrorCode::Unavailable,
+            CallError::Resolve(ResolveError::NoUsableModel { .. }) => ModelErrorCode::NoProvider,
+            CallError::Budget(_) => ModelErrorCode::QuotaExceeded,
+            CallError::Provider { error, .. } => error.code(),
+        }
+    }
+}
+
+/// Providers, profiles, retry policy and budgets.
+pub struct Gateway {
+    config: GatewayConfig,
+    profiles: AgentProfiles,
+    clients: BTreeMap<String, ProviderClient>,
+    policy: RetryPolicy,
+    clock: Arc<dyn RetryClock>,
+    ledger: Mutex<BudgetLedger>,
+}
+
+impl Gateway {
+    /// Validate the configuration, load every key (from `env` or files) and
+    /// build one HTTP client per provider.
+    pub fn new(
+        config: GatewayConfig,
+        profiles: AgentProfiles,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Gateway, GatewayError> {
+        config.validate()?;
+        let mut keys = load_api_keys(&config, env)?;
+        let mut clients = BTreeMap::new();
+        for provider in &config.providers {
+            let key = keys.remove(&provider.name);
+            let client =
+                ProviderClient::new(provider.clone(), key, config.response_limits.clone())?;
+            clients.insert(provider.name.clone(), client);
+        }
+        let ledger = BudgetLedger::new(config.budgets.per_user, config.budgets.per_execution);
+        Ok(Gateway {
+            policy: RetryPolicy::from(&config.retry),
+            config,
+            profiles,
+            clients,
+            clock: Arc::new(TokioRetryClock),
+            ledger: Mutex::new(ledger),
+        })
+    }
+
+    /// Replace the sleep/jitter source (tests).
+    pub fn with_clock(mut self, clock: Arc<dyn RetryClock>) -> Gateway {
+        self.clock = clock;
+        self
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    pub fn profiles(&self) -> &AgentProfiles {
+        &self.profiles
+    }
+
+    pub fn client(&self, provider: &str) -> Option<&ProviderClient> {
+        self.clients.get(provider)
+    }
+
+    /// The ledger, for loading and saving usage figures. Never hold the
+    /// guard across an `.await`.
+    pub fn ledger(&self) -> &Mutex<BudgetLedger> {
+        &self.ledger
+    }
+
+    /// One model call for an agent step.
+    pub async fn call(
+        &self,
+        scope: &CallScope,
+        input: &ResolveInput<'_>,
+        cancel: &CancellationToken,
+        on_chunk: &mut (dyn FnMut(&str) + Send),
+        on_retry: &mut (dyn FnMut(&RetryNotice) + Send),
+    ) -> Result<CallOutcome, CallError> {
+        let mut resolution = resolve(&self.config, &self.profiles, input)?;
+        let allowance = {
+            let mut ledger = self.ledger.lock().expect("budget ledger lock poisoned");
+            ledger.begin_call(&scope.user, &scope.execution, &scope.step_id)?;
+            ledger.output_allowance(&scope.user, &scope.execution)
+        };
+        if let Some(allowance) = allowance {
+            let allowance = u32::try_from(allowance).unwrap_or(u32::MAX).max(1);
+            let params = &mut resolution.request.parameters;
+            params.max_tokens = Some(params.max_tokens.map_or(allowance, |n| n.min(allowance)));
+        }
+        let provider = resolution.request.provider.clone();
+        let client = self
+            .clients
+            .get(&provider)
+            .expect("resolve only chooses configured providers, and each has a client");
+        let completion = stream_with_retry(
+            client,
+            &resolution.request,
+            cancel,
+            &self.policy,
+            self.clock.as_ref(),
+            on_chunk,
+            on_retry,
+        )
+        .await
+        .map_err(|error| CallError::Provider {
+            provider: provider.clone(),
+            error,
+        })?;
+        self.ledger
+            .lock()
+            .expect("budget ledger lock poisoned")
+            .record(
+                &scope.user,
+                &scope.execution,
+                &scope.step_id,
+                completion.usage.input_tokens,
+                completion.usage.output_tokens,
+            );
+        Ok(CallOutcome {
+            completion,
+            resolution,
+        })
+    }
+}
