@@ -403,6 +403,58 @@ env=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOSTNAME=s
     assert!(!report.oom_killed);
 }
 
+/// The same view under runsc. Differences, asserted as today's behaviour of
+/// Debian's 2022 runsc: gVisor's /proc shows no `NoNewPrivs` line, and
+/// `Seccomp: 0` because runsc applies the OCI seccomp profile only with
+/// `--oci-seccomp` (not registered here): the Sentry's own host seccomp
+/// filter is the boundary on this tier. FIXME(issue 5): decide on
+/// `--oci-seccomp` for the runsc runtime registration.
+#[tokio::test]
+async fn inside_view_under_runsc() {
+    let env = TestEnv::new("insiderunsc").await;
+    let spec = env.spec("a", Runtime::Runsc, TestEnv::limits(128, 64));
+    let script = r#"
+echo "resolv=$(wc -c < /etc/resolv.conf) hosts=$(wc -c < /etc/hosts)"
+echo "hostname=$(hostname)"
+echo "work=$(stat -c '%u:%g:%a' /work)"
+echo "tmp=$(stat -c '%a' /tmp)"
+echo "cwd=$(pwd)"
+echo "uid=$(id -u):$(id -g)"
+grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\t' ' '
+echo "net=$(ls /sys/class/net | tr '\n' ' ')"
+echo "nofile=$(ulimit -n) core=$(ulimit -c)"
+touch /evil 2>&1
+touch /run/kiln/x 2>&1
+echo x > /tmp/exe && chmod +x /tmp/exe && /tmp/exe 2>&1
+echo "env=$(tr '\0' '\n' < /proc/1/environ | sort | tr '\n' ' ')"
+"#;
+    let profile = env.test_profile(&spec, script);
+    let (handle, report, output) = env.run_capture(&profile, Duration::from_secs(60)).await;
+    env.sandbox.remove(&handle).await.unwrap();
+    let expected = format!(
+        "resolv=0 hosts=0
+hostname=sandbox
+work={STEP_UID}:{STEP_UID}:700
+tmp=1777
+cwd=/work
+uid=0:0
+CapEff: 00000000000000e0
+CapBnd: 00000000000000e0
+Seccomp: 0
+net=lo 
+nofile=1024 core=0
+touch: /evil: Read-only file system
+touch: /run/kiln/x: Read-only file system
+/bin/sh: /tmp/exe: Permission denied
+env=HOME=/work HOSTNAME=sandbox KILN_EXECUTION_ID={} LANG=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin 
+",
+        spec.execution_id
+    );
+    assert_eq!(output, expected);
+    assert_eq!(report.exit_code, 0);
+    assert!(!report.oom_killed);
+}
+
 /// Under runc an OOM kills the step, not PID 1: the container exits 0 and
 /// only `OOMKilled` (and the cgroup counter) say what happened.
 #[tokio::test]
