@@ -211,6 +211,7 @@ static void cmd_identity(void) {
     for (const char **k = keys; *k; k++) {
       char *line = status;
       size_t klen = strlen(*k);
+      int found = 0;
       while (line && *line) {
         if (strncmp(line, *k, klen) == 0 && line[klen] == ':') {
           char *value = line + klen + 1;
@@ -222,13 +223,17 @@ static void cmd_identity(void) {
           memcpy(out, value, len);
           out[len] = 0;
           info_str(*k, out);
+          found = 1;
           break;
         }
         line = strchr(line, '\n');
         if (line) line++;
       }
+      if (!found) info_str(*k, "absent"); /* e.g. gVisor has no NoNewPrivs line */
     }
   }
+  info_num("prctl.no_new_privs", prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0));
+  info_num("prctl.seccomp_mode", prctl(PR_GET_SECCOMP, 0, 0, 0, 0));
   info_num("dumpable", prctl(PR_GET_DUMPABLE, 0, 0, 0, 0));
   info_num("pid", getpid());
 }
