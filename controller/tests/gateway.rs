@@ -127,6 +127,23 @@ fn policy() -> RetryPolicy {
     }
 }
 
+/// `stream_with_retry` with the default test policy, discarding chunks and notices.
+async fn call_with_retry(
+    client: &ProviderClient,
+    clock: &RecordingClock,
+) -> Result<controller::gateway::Completion, ProviderError> {
+    stream_with_retry(
+        client,
+        &request("local", "llama3.2"),
+        &CancellationToken::new(),
+        &policy(),
+        clock,
+        &mut |_: &str| {},
+        &mut |_: &RetryNotice| {},
+    )
+    .await
+}
+
 async fn collect(
     client: &ProviderClient,
     request: &ResolvedRequest,
@@ -331,17 +348,7 @@ async fn server_errors_are_retried_then_reported() {
     .await;
     let client = openai_client(&server);
     let clock = RecordingClock::default();
-    let err = stream_with_retry(
-        &client,
-        &request("local", "llama3.2"),
-        &CancellationToken::new(),
-        &policy(),
-        &clock,
-        &mut |_: &str| {},
-        &mut |_: &RetryNotice| {},
-    )
-    .await
-    .unwrap_err();
+    let err = call_with_retry(&client, &clock).await.unwrap_err();
     assert_eq!(err, ProviderError::Server { status: 500 });
     assert_eq!(err.to_string(), "provider failed with http 500");
     assert_eq!(server.requests().len(), 4);
@@ -363,17 +370,9 @@ async fn retry_after_beyond_the_operator_bound_is_not_waited_for() {
     }
     let server = TestProvider::start(vec![limited]).await;
     let clock = RecordingClock::default();
-    let err = stream_with_retry(
-        &openai_client(&server),
-        &request("local", "llama3.2"),
-        &CancellationToken::new(),
-        &policy(),
-        &clock,
-        &mut |_: &str| {},
-        &mut |_: &RetryNotice| {},
-    )
-    .await
-    .unwrap_err();
+    let err = call_with_retry(&openai_client(&server), &clock)
+        .await
+        .unwrap_err();
     assert_eq!(
         err,
         ProviderError::RateLimited {
@@ -392,17 +391,7 @@ async fn client_errors_are_not_retried_and_never_show_the_key() {
     let server = TestProvider::start(vec![Script::status(401, &body)]).await;
     let client = openai_client(&server);
     let clock = RecordingClock::default();
-    let err = stream_with_retry(
-        &client,
-        &request("local", "llama3.2"),
-        &CancellationToken::new(),
-        &policy(),
-        &clock,
-        &mut |_: &str| {},
-        &mut |_: &RetryNotice| {},
-    )
-    .await
-    .unwrap_err();
+    let err = call_with_retry(&client, &clock).await.unwrap_err();
     assert_eq!(
         err,
         ProviderError::Client {
@@ -427,17 +416,7 @@ async fn provider_down_is_unreachable() {
     let key = load_api_key(&config, &env(&[("LOCAL_KEY", OPENAI_CANARY)])).unwrap();
     let client = ProviderClient::new(config, key, ResponseLimits::default()).unwrap();
     let clock = RecordingClock::default();
-    let err = stream_with_retry(
-        &client,
-        &request("local", "llama3.2"),
-        &CancellationToken::new(),
-        &policy(),
-        &clock,
-        &mut |_: &str| {},
-        &mut |_: &RetryNotice| {},
-    )
-    .await
-    .unwrap_err();
+    let err = call_with_retry(&client, &clock).await.unwrap_err();
     let ProviderError::Unreachable { detail } = &err else {
         panic!("expected unreachable, got {err:?}");
     };
@@ -672,6 +651,7 @@ async fn gateway_call_resolves_budgets_and_records_usage() {
         }],
         selection: StepSelection::default(),
         agent_config: None,
+        stop: vec![],
         timeout: Some(Duration::from_secs(30)),
     };
     let cancel = CancellationToken::new();
@@ -700,6 +680,11 @@ async fn gateway_call_resolves_budgets_and_records_usage() {
         .await
         .unwrap();
     assert_eq!(outcome.completion.text, "two");
+    assert_eq!(
+        serde_json::to_value(outcome.to_wire()).unwrap(),
+        json!({"kind": "completed", "text": "two", "provider": "local", "model": "served-model",
+               "usage": {"input_tokens": 20, "output_tokens": 2}, "finish_reason": "stop"})
+    );
     assert_eq!(chunks, vec!["one", "two"]);
 
     // max_tokens was capped to what the budget still allowed: 5, then 5 - 3.
@@ -749,6 +734,11 @@ async fn gateway_call_resolves_budgets_and_records_usage() {
         "budget_exhausted: execution max_output_tokens is 5, used 5"
     );
     assert_eq!(err.code(), protocol::ModelErrorCode::QuotaExceeded);
+    assert_eq!(
+        serde_json::to_value(err.to_wire()).unwrap(),
+        json!({"kind": "error", "code": "quota_exceeded",
+               "message": "budget_exhausted: execution max_output_tokens is 5, used 5"})
+    );
     assert_eq!(server.requests().len(), 2, "no call after exhaustion");
     let ledger = gateway.ledger().lock().unwrap();
     assert_eq!(

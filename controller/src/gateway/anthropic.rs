@@ -11,8 +11,7 @@
 use serde_json::{Value, json};
 
 use super::client::{
-    ChatRole, Completion, Decoded, ProviderError, ResolvedRequest, StreamDecoder, Usage,
-    parse_event_json,
+    Completion, Decoded, ProviderError, ResolvedRequest, StreamDecoder, Usage, parse_event_json,
 };
 use super::sse::SseEvent;
 
@@ -27,13 +26,7 @@ pub fn request_body(request: &ResolvedRequest) -> Value {
     let messages: Vec<Value> = request
         .messages
         .iter()
-        .map(|message| {
-            let role = match message.role {
-                ChatRole::User => "user",
-                ChatRole::Assistant => "assistant",
-            };
-            json!({"role": role, "content": message.content})
-        })
+        .map(|message| json!({"role": message.role.as_str(), "content": message.content}))
         .collect();
     let params = &request.parameters;
     let mut body = json!({
@@ -45,15 +38,7 @@ pub fn request_body(request: &ResolvedRequest) -> Value {
     if let Some(system) = &request.system {
         body["system"] = json!(system);
     }
-    if let Some(temperature) = params.temperature {
-        body["temperature"] = json!(temperature);
-    }
-    if let Some(top_p) = params.top_p {
-        body["top_p"] = json!(top_p);
-    }
-    if !params.stop.is_empty() {
-        body["stop_sequences"] = json!(params.stop);
-    }
+    params.write_sampling(&mut body, "stop_sequences");
     body
 }
 

@@ -34,6 +34,16 @@ pub enum ChatRole {
     Assistant,
 }
 
+impl ChatRole {
+    /// The role's name in both provider protocols.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatRole::User => "user",
+            ChatRole::Assistant => "assistant",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: ChatRole,
@@ -47,6 +57,22 @@ pub struct Parameters {
     pub max_tokens: Option<u32>,
     pub top_p: Option<f64>,
     pub stop: Vec<String>,
+}
+
+impl Parameters {
+    /// Set `temperature`, `top_p` and the stop list (named `stop_key`) on a
+    /// request body; `max_tokens` differs per protocol and is left out.
+    pub(crate) fn write_sampling(&self, body: &mut serde_json::Value, stop_key: &str) {
+        if let Some(temperature) = self.temperature {
+            body["temperature"] = serde_json::json!(temperature);
+        }
+        if let Some(top_p) = self.top_p {
+            body["top_p"] = serde_json::json!(top_p);
+        }
+        if !self.stop.is_empty() {
+            body[stop_key] = serde_json::json!(self.stop);
+        }
+    }
 }
 
 /// A model call ready to send: provider and model chosen, aliases resolved.

@@ -12,8 +12,7 @@
 use serde_json::{Value, json};
 
 use super::client::{
-    ChatRole, Completion, Decoded, ProviderError, ResolvedRequest, StreamDecoder, Usage,
-    parse_event_json,
+    Completion, Decoded, ProviderError, ResolvedRequest, StreamDecoder, Usage, parse_event_json,
 };
 use super::sse::SseEvent;
 
@@ -24,11 +23,7 @@ pub fn request_body(request: &ResolvedRequest) -> Value {
         messages.push(json!({"role": "system", "content": system}));
     }
     for message in &request.messages {
-        let role = match message.role {
-            ChatRole::User => "user",
-            ChatRole::Assistant => "assistant",
-        };
-        messages.push(json!({"role": role, "content": message.content}));
+        messages.push(json!({"role": message.role.as_str(), "content": message.content}));
     }
     let mut body = json!({
         "model": request.model,
@@ -37,17 +32,9 @@ pub fn request_body(request: &ResolvedRequest) -> Value {
         "stream_options": {"include_usage": true},
     });
     let params = &request.parameters;
-    if let Some(temperature) = params.temperature {
-        body["temperature"] = json!(temperature);
-    }
-    if let Some(top_p) = params.top_p {
-        body["top_p"] = json!(top_p);
-    }
+    params.write_sampling(&mut body, "stop");
     if let Some(max_tokens) = params.max_tokens {
         body["max_tokens"] = json!(max_tokens);
-    }
-    if !params.stop.is_empty() {
-        body["stop"] = json!(params.stop);
     }
     body
 }

@@ -109,7 +109,10 @@ pub struct ResolveInput<'a> {
     pub agent: &'a str,
     pub messages: Vec<ChatMessage>,
     pub selection: StepSelection,
-    pub agent_config: Option<&'a Map<String, Value>>,
+    /// The step's `agent_config` (only the allowlisted keys are used).
+    pub agent_config: Option<Map<String, Value>>,
+    /// Stop sequences (wire requests only; recipes cannot set them).
+    pub stop: Vec<String>,
     pub timeout: Option<Duration>,
 }
 
@@ -124,8 +127,56 @@ impl<'a> ResolveInput<'a> {
                 content: request.prompt.clone(),
             }],
             selection: StepSelection::from_agent_request(request),
-            agent_config: request.agent_config.as_ref(),
+            agent_config: request.agent_config.clone(),
+            stop: Vec::new(),
             timeout: Some(request.timeout),
+        }
+    }
+
+    /// From the wire's model request. System messages from the sandbox are
+    /// dropped (the system prompt is the profile's; `notes` says so), the
+    /// sampling parameters go through the same allowlist as `agent_config`,
+    /// and `timeout_secs` (0 = none) bounds the call.
+    pub fn from_model_request(
+        request: &'a protocol::ModelRequest,
+        notes: &mut Vec<String>,
+    ) -> ResolveInput<'a> {
+        let mut messages = Vec::new();
+        for message in &request.messages {
+            let role = match message.role {
+                protocol::ModelRole::User => ChatRole::User,
+                protocol::ModelRole::Assistant => ChatRole::Assistant,
+                protocol::ModelRole::System => {
+                    notes.push(
+                        "a system message from the sandbox was dropped: the agent profile sets the system prompt"
+                            .to_string(),
+                    );
+                    continue;
+                }
+            };
+            messages.push(ChatMessage {
+                role,
+                content: message.content.clone(),
+            });
+        }
+        let params = &request.parameters;
+        let mut agent_config = Map::new();
+        if let Some(temperature) = params.temperature {
+            agent_config.insert("temperature".to_string(), Value::from(temperature));
+        }
+        if let Some(max_tokens) = params.max_tokens {
+            agent_config.insert("max_tokens".to_string(), Value::from(max_tokens));
+        }
+        if let Some(top_p) = params.top_p {
+            agent_config.insert("top_p".to_string(), Value::from(top_p));
+        }
+        ResolveInput {
+            agent: &request.agent,
+            messages,
+            selection: StepSelection::from_model_request(request),
+            agent_config: (!agent_config.is_empty()).then_some(agent_config),
+            stop: params.stop.clone(),
+            timeout: (request.timeout_secs > 0).then(|| Duration::from_secs(request.timeout_secs)),
         }
     }
 }
@@ -271,7 +322,9 @@ pub fn resolve(
     };
     let first = targets.remove(0);
 
-    let parameters = resolve_parameters(config, profile, input.agent_config, &mut notes);
+    let mut parameters =
+        resolve_parameters(config, profile, input.agent_config.as_ref(), &mut notes);
+    parameters.stop = input.stop.clone();
     let messages = input.messages.clone();
     Ok(Resolution {
         request: ResolvedRequest {

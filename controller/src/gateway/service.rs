@@ -43,6 +43,22 @@ pub struct CallOutcome {
     pub resolution: Resolution,
 }
 
+impl CallOutcome {
+    /// The final wire response for the agent.
+    pub fn to_wire(&self) -> protocol::ModelResponseBody {
+        protocol::ModelResponseBody::Completed {
+            text: self.completion.text.clone(),
+            provider: self.resolution.request.provider.clone(),
+            model: self.completion.model.clone(),
+            usage: protocol::ModelUsage {
+                input_tokens: self.completion.usage.input_tokens,
+                output_tokens: self.completion.usage.output_tokens,
+            },
+            finish_reason: self.completion.finish_reason.clone(),
+        }
+    }
+}
+
 /// A model call failed.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum CallError {
@@ -66,6 +82,15 @@ impl CallError {
             CallError::Resolve(ResolveError::NoUsableModel { .. }) => ModelErrorCode::NoProvider,
             CallError::Budget(_) => ModelErrorCode::QuotaExceeded,
             CallError::Provider { error, .. } => error.code(),
+        }
+    }
+
+    /// The wire error for the agent (the message never holds a key:
+    /// provider messages are redacted by the client).
+    pub fn to_wire(&self) -> protocol::ModelResponseBody {
+        protocol::ModelResponseBody::Error {
+            code: self.code(),
+            message: self.to_string(),
         }
     }
 }
