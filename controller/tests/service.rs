@@ -495,3 +495,194 @@ async fn socket_refuses_other_uids() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "EACCES");
 }
+
+// ---------------------------------------------------------------- relay
+
+use controller::relay::{Hub, OUTPUT_CAP_SLACK_BYTES, Relay};
+use controller::store::{ExecutionStatus, NewExecution, Store};
+use protocol::{ControllerEvent, EventBody, ExecutionEvent, FinalStatus};
+
+async fn temp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(&dir.path().join("kiln.db"), 1024 * 1024)
+        .await
+        .unwrap();
+    (dir, store)
+}
+
+async fn new_execution(store: &Store) -> String {
+    let token = store.create_token("test", true).await.unwrap();
+    store
+        .create_execution(NewExecution {
+            owner_token_id: token.info.id,
+            recipe_source: "name: x\n".to_owned(),
+            gallery_name: None,
+            inputs: serde_json::Map::new(),
+            files: std::collections::BTreeMap::new(),
+            class: "default".to_owned(),
+        })
+        .await
+        .unwrap()
+        .id
+}
+
+fn output(step_id: &str, text: &str) -> EventBody {
+    EventBody::Engine(
+        serde_json::from_value(serde_json::json!({
+            "type": "step_output", "step_id": step_id, "stream": "stdout", "text": text,
+        }))
+        .unwrap(),
+    )
+}
+
+fn kinds(events: &[ExecutionEvent]) -> Vec<(u64, String)> {
+    events
+        .iter()
+        .map(|event| {
+            let body = serde_json::to_value(&event.body).unwrap();
+            (
+                event.seq,
+                format!(
+                    "{}/{}",
+                    body["source"].as_str().unwrap(),
+                    body["event"]["type"].as_str().unwrap()
+                ),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn relay_persists_in_order_then_publishes_the_same_events() {
+    let (_dir, store) = temp_store().await;
+    let execution_id = new_execution(&store).await;
+    let hub: Hub<ExecutionEvent> = Hub::new(1024);
+    let mut watcher = hub.subscribe(&execution_id);
+    let mut relay = Relay::open(store.clone(), hub.clone(), &execution_id, 1 << 20)
+        .await
+        .unwrap();
+    relay
+        .record_controller(ControllerEvent::Queued {})
+        .await
+        .unwrap();
+    // One batch of 300 (one transaction), then two more single events.
+    let batch: Vec<EventBody> = (0..300)
+        .map(|idx| output("a", &format!("line {idx}\n")))
+        .collect();
+    assert_eq!(relay.record(batch).await.unwrap(), 300);
+    relay.record(vec![output("b", "x")]).await.unwrap();
+    relay
+        .record_controller(ControllerEvent::Finished {
+            status: FinalStatus::Succeeded,
+            reason: None,
+        })
+        .await
+        .unwrap();
+
+    let stored = store.events_after(&execution_id, 0, 1000).await.unwrap();
+    assert_eq!(stored.len(), 303);
+    let seqs: Vec<u64> = stored.iter().map(|event| event.seq).collect();
+    assert_eq!(seqs, (1..=303).collect::<Vec<u64>>());
+    assert_eq!(kinds(&stored)[0], (1, "controller/queued".to_owned()));
+    assert_eq!(kinds(&stored)[302], (303, "controller/finished".to_owned()));
+    let mut published = Vec::new();
+    while let Ok(event) = watcher.try_recv() {
+        published.push(event);
+    }
+    assert_eq!(published, stored);
+
+    // A new writer (after a restart) continues the sequence.
+    let mut reopened = Relay::open(store.clone(), hub, &execution_id, 1 << 20)
+        .await
+        .unwrap();
+    reopened.record(vec![output("c", "y")]).await.unwrap();
+    assert_eq!(store.last_event_seq(&execution_id).await.unwrap(), 304);
+}
+
+#[tokio::test]
+async fn relay_output_cap_truncates_once_with_an_explicit_event() {
+    let (_dir, store) = temp_store().await;
+    let execution_id = new_execution(&store).await;
+    let cap = 1000;
+    let mut relay = Relay::open(store.clone(), Hub::new(8), &execution_id, cap)
+        .await
+        .unwrap();
+    let chunk = "z".repeat(usize::try_from((cap + OUTPUT_CAP_SLACK_BYTES) / 2).unwrap());
+    let bodies = vec![
+        output("flood", &chunk),
+        output("flood", &chunk),
+        output("flood", &chunk),
+        output("flood", &chunk),
+        EventBody::Controller(ControllerEvent::Finished {
+            status: FinalStatus::Succeeded,
+            reason: None,
+        }),
+    ];
+    assert_eq!(relay.record(bodies).await.unwrap(), 4);
+    let stored = store.events_after(&execution_id, 0, 100).await.unwrap();
+    assert_eq!(
+        kinds(&stored),
+        vec![
+            (1, "engine/step_output".to_owned()),
+            (2, "engine/step_output".to_owned()),
+            (3, "engine/output_truncated".to_owned()),
+            (4, "controller/finished".to_owned()),
+        ]
+    );
+    let truncated = serde_json::to_value(&stored[2].body).unwrap();
+    assert_eq!(truncated["event"]["limit_bytes"], 1000);
+    assert_eq!(truncated["event"]["step_id"], "flood");
+}
+
+// ---------------------------------------------------------------- queue
+
+#[tokio::test]
+async fn queue_slots_honour_the_concurrency_limit() {
+    let slots = controller::queue::Slots::new(2);
+    let first = slots.acquire().await;
+    let _second = slots.acquire().await;
+    assert!(slots.try_acquire().is_none());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), slots.acquire())
+            .await
+            .is_err()
+    );
+    drop(first);
+    assert!(slots.try_acquire().is_some());
+}
+
+#[tokio::test]
+async fn uid_pool_gives_distinct_uids_and_reuses_released_ones() {
+    let pool = controller::launcher::UidPool::new(200_000, 200_002);
+    pool.reserve(200_001);
+    assert_eq!(pool.allocate(), Some(200_000));
+    assert_eq!(pool.allocate(), Some(200_002));
+    assert_eq!(pool.allocate(), None);
+    pool.release(200_000);
+    assert_eq!(pool.allocate(), Some(200_000));
+}
+
+#[tokio::test]
+async fn final_status_is_immutable_and_reconcile_leaves_it_alone() {
+    let (_dir, store) = temp_store().await;
+    let execution_id = new_execution(&store).await;
+    let claimed = store.claim_next_queued().await.unwrap().unwrap();
+    assert_eq!(claimed.id, execution_id);
+    store
+        .set_status(&execution_id, ExecutionStatus::Succeeded, None)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .set_status(&execution_id, ExecutionStatus::AgentLost, Some("late"))
+            .await
+            .is_err()
+    );
+    assert!(store.list_unfinished().await.unwrap().is_empty());
+    let execution = store
+        .get_execution(&execution_id, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(execution.status, ExecutionStatus::Succeeded);
+}
