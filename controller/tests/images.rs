@@ -26,7 +26,7 @@ use bollard::query_parameters::{
     RemoveImageOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use controller::sandbox::image::{
-    INPUTS_HASH_LABEL, ImageInputs, ImageKind, SECCOMP_PROFILE_JSON, ensure_image,
+    INPUTS_HASH_LABEL, ImageInputs, ImageKind, ImageRef, SECCOMP_PROFILE_JSON, ensure_image,
     ensure_image_with_progress,
 };
 use futures::StreamExt;
@@ -101,6 +101,7 @@ fn unique(prefix: &str) -> String {
 }
 
 /// Removes containers and images on drop (the test may have panicked).
+#[derive(Default)]
 struct Cleanup {
     containers: Vec<String>,
     images: Vec<String>,
@@ -133,6 +134,14 @@ impl Drop for Cleanup {
         });
         let _ = cleaner.join();
     }
+}
+
+/// kiln-probe for the current inputs (built once, then reused).
+async fn probe_image(docker: &Docker) -> ImageRef {
+    let _guard = BUILD_LOCK.lock().await;
+    ensure_image(docker, ImageKind::Probe, &inputs())
+        .await
+        .unwrap()
 }
 
 /// Which seccomp profile and runtime a test container runs under.
@@ -621,16 +630,8 @@ const DOCKER_DEFAULT_OUTCOMES: &[(&str, &str)] = &[
 #[tokio::test]
 async fn probe_gets_the_exact_errno_of_every_rule_of_kilns_profile() {
     let docker = docker().await;
-    let image = {
-        let _guard = BUILD_LOCK.lock().await;
-        ensure_image(&docker, ImageKind::Probe, &inputs())
-            .await
-            .unwrap()
-    };
-    let mut cleanup = Cleanup {
-        containers: Vec::new(),
-        images: Vec::new(),
-    };
+    let image = probe_image(&docker).await;
+    let mut cleanup = Cleanup::default();
 
     let kiln = run_probe(&docker, &image.tag, Seccomp::Kiln, &["all"], &mut cleanup).await;
     let results = parse_probe(&kiln);
@@ -724,10 +725,7 @@ async fn standard_image_has_the_tools_recipes_need() {
     );
 
     // The tools, run as the step uid under Kiln's profile.
-    let mut cleanup = Cleanup {
-        containers: Vec::new(),
-        images: Vec::new(),
-    };
+    let mut cleanup = Cleanup::default();
     let script = "set -e; bash -c 'echo bash=$BASH_VERSINFO'; \
                   python3 -c 'import yaml, ssl; print(\"yaml=\" + yaml.safe_dump({\"a\": 1}).strip())'; \
                   echo '{\"x\":2}' | jq -c .x; git --version | cut -d' ' -f1-2; \
@@ -755,12 +753,7 @@ async fn standard_image_has_the_tools_recipes_need() {
 async fn step_uid_cannot_use_the_agents_socket_dir() {
     use std::os::unix::fs::PermissionsExt;
     let docker = docker().await;
-    let image = {
-        let _guard = BUILD_LOCK.lock().await;
-        ensure_image(&docker, ImageKind::Probe, &inputs())
-            .await
-            .unwrap()
-    };
+    let image = probe_image(&docker).await;
     let dir = tempfile::tempdir().unwrap();
     let socket_dir = dir.path().join("exec");
     std::fs::create_dir(&socket_dir).unwrap();
@@ -778,10 +771,7 @@ async fn step_uid_cannot_use_the_agents_socket_dir() {
     )
     .unwrap();
 
-    let mut cleanup = Cleanup {
-        containers: Vec::new(),
-        images: Vec::new(),
-    };
+    let mut cleanup = Cleanup::default();
     let output = run_hardened(
         &docker,
         &image.tag,
@@ -812,16 +802,8 @@ async fn step_uid_cannot_use_the_agents_socket_dir() {
 #[tokio::test]
 async fn under_runsc_the_sentry_answers_instead_of_the_profile() {
     let docker = docker().await;
-    let image = {
-        let _guard = BUILD_LOCK.lock().await;
-        ensure_image(&docker, ImageKind::Probe, &inputs())
-            .await
-            .unwrap()
-    };
-    let mut cleanup = Cleanup {
-        containers: Vec::new(),
-        images: Vec::new(),
-    };
+    let image = probe_image(&docker).await;
+    let mut cleanup = Cleanup::default();
     let output = run_probe(
         &docker,
         &image.tag,
