@@ -52,8 +52,18 @@ fn small_limits_config(dir: &std::path::Path) -> Config {
 }
 
 async fn harness_with(watcher_buffer: usize, docker_ready: ReadinessCheck) -> Harness {
+    harness_configured(watcher_buffer, docker_ready, |_| {}).await
+}
+
+async fn harness_configured(
+    watcher_buffer: usize,
+    docker_ready: ReadinessCheck,
+    adjust: impl FnOnce(&mut Config),
+) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let config = small_limits_config(dir.path());
+    let mut config = small_limits_config(dir.path());
+    adjust(&mut config);
+    config.validate().unwrap();
     let store = Store::open_sqlite(&config.database_path(), 1 << 20)
         .await
         .unwrap();
@@ -1469,4 +1479,33 @@ async fn stream_refuses_before_upgrading() {
         (reply.status, reply.error_code().as_str()),
         (StatusCode::UPGRADE_REQUIRED, "websocket_required")
     );
+}
+
+#[tokio::test]
+async fn idle_streams_get_heartbeats_with_the_last_seq() {
+    let h = harness_configured(1024, docker_ok(), |config| {
+        config.server.ws_heartbeat_secs = 1
+    })
+    .await;
+    let server = serve(&h).await;
+    let id = h.submit_good().await;
+    h.emit(&id, 1..=2).await;
+    let mut client = connect(&server, &h.alice, &id, None).await;
+    let mut n_events = 0;
+    let heartbeat = tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            let message = client.next().await.unwrap().unwrap();
+            let WsMessage::Text(text) = message else {
+                continue;
+            };
+            match serde_json::from_str::<StreamMessage>(&text).unwrap() {
+                StreamMessage::Event { .. } => n_events += 1,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("no heartbeat arrived");
+    assert_eq!(n_events, 2);
+    assert_eq!(heartbeat, StreamMessage::Heartbeat { last_seq: 2 });
 }

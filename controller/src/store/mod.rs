@@ -637,6 +637,20 @@ impl Store {
         }
     }
 
+    /// Applies the configured retention now: finished executions older than
+    /// `retention.days`, then the oldest beyond `retention.max_executions`.
+    pub async fn apply_retention(
+        &self,
+        retention: &crate::config::RetentionConfig,
+    ) -> Result<PurgeReport, StoreError> {
+        let max_age_ms = i64::from(retention.days) * 86_400_000;
+        self.purge(
+            now_ms().saturating_sub(max_age_ms),
+            retention.max_executions,
+        )
+        .await
+    }
+
     /// Retention: removes finished executions (with events, artifacts and
     /// gates) that finished before `finished_before_ms`, then the oldest
     /// finished ones beyond `keep_max_finished`. Unfinished ones are never touched.

@@ -637,6 +637,15 @@ async fn purge_removes_only_old_or_excess_finished_executions() {
             .unwrap()
             .is_empty()
     );
+    // Retention by config: one day of age keeps what just finished.
+    let config = crate::config::RetentionConfig {
+        days: 1,
+        max_executions: 100,
+    };
+    assert_eq!(
+        t.store.apply_retention(&config).await.unwrap().n_executions,
+        0
+    );
     // Everything finished before "far future" goes; the queued one stays.
     let report = t.store.purge(i64::MAX, 100).await.unwrap();
     assert_eq!(report.n_executions, 2);
