@@ -212,6 +212,7 @@ async fn run_hardened(
         memory: Some(256 * 1024 * 1024),
         memory_swap: Some(256 * 1024 * 1024),
         pids_limit: Some(pids_limit),
+        nano_cpus: Some(1_000_000_000),
         runtime,
         mounts: socket_dir.map(|dir| {
             vec![Mount {
@@ -671,6 +672,9 @@ async fn probe_gets_the_exact_errno_of_every_rule_of_kilns_profile() {
             ("stat./work", "mode=0700 uid=200001 gid=200001"),
             ("cgroup.pids.max", "128"),
             ("cgroup.memory.limit", "268435456"),
+            ("cgroup.memory.swap_limit", "268435456"),
+            ("cgroup.cpu.quota", "100000"),
+            ("cgroup.cpu.period", "100000"),
         ],
         "the hardened test container",
     );
