@@ -528,8 +528,10 @@ pub async fn decide_approval(
         .await
     {
         Ok(_) | Err(StoreError::ApprovalNotFound { .. }) => {}
+        // The launcher's session records the same decision when it forwards it.
+        Err(StoreError::ApprovalAlreadyDecided { decision, .. }) if decision == body.decision => {}
         Err(StoreError::ApprovalAlreadyDecided { decision, .. }) => {
-            tracing::warn!(execution_id = %id, %stage, %decision, "gate decided twice; the launcher accepted the API's decision");
+            tracing::warn!(execution_id = %id, %stage, stored = %decision, "gate already decided otherwise in the store");
         }
         Err(err) => return Err(err.into()),
     }
