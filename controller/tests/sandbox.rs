@@ -485,6 +485,33 @@ async fn oom_child_is_reported_even_when_the_container_exits_zero() {
     );
 }
 
+/// Under runsc the OOM killer takes the whole sandbox (exit 137,
+/// `OOMKilled=true`): the verdict is `oom`, not `sandbox_crashed`. Measured:
+/// the `$(…)` bomb takes 16-20 s to reach 64 MiB through gVisor's slow
+/// pipes (hence the long deadline).
+#[tokio::test]
+async fn runsc_oom_kills_the_whole_sandbox() {
+    let env = TestEnv::new("runscoom").await;
+    let mut limits = TestEnv::limits(64, 64);
+    limits.work_mib = 512;
+    limits.fsize_mib = 512;
+    let spec = env.spec("a", Runtime::Runsc, limits);
+    let profile = env.test_profile(
+        &spec,
+        r#"dd if=/dev/zero of=/work/fill bs=1M count=400 2>/dev/null; x=$(head -c 100m /dev/zero | tr "\0" a); echo survived"#,
+    );
+    let (handle, report, output) = env.run_capture(&profile, Duration::from_secs(120)).await;
+    env.sandbox.remove(&handle).await.unwrap();
+    assert!(!output.contains("survived"), "{output:?}");
+    assert_eq!(report.exit_code, 137);
+    assert!(report.oom_killed);
+    assert_eq!(report.killed_by, None);
+    assert_eq!(
+        verdict_without_agent(Runtime::Runsc, &report),
+        SandboxVerdict::Oom
+    );
+}
+
 #[tokio::test]
 async fn sleeping_container_is_killed_at_the_deadline() {
     let env = TestEnv::new("deadline").await;
