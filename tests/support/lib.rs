@@ -1,6 +1,8 @@
 //! Support for Kiln's end-to-end suites: locating the workspace, the gallery
 //! and the `kiln` binary, and reading a gallery recipe's documented metadata.
 
+pub mod server;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -40,8 +42,8 @@ pub fn gallery() -> Result<Vec<GalleryRecipe>> {
         if path.extension().and_then(|ext| ext.to_str()) != Some("yaml") {
             continue;
         }
-        let source = std::fs::read_to_string(&path)
-            .with_context(|| format!("read {}", path.display()))?;
+        let source =
+            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
         let document: Value = serde_saphyr::from_str(&source)
             .with_context(|| format!("parse {} as YAML", path.display()))?;
         let file_name = path
