@@ -4,7 +4,13 @@ use kiln_e2e::gallery;
 
 /// Metadata every gallery recipe must carry (issue 4, item 7).
 const REQUIRED_METADATA: [&str; 7] = [
-    "title", "summary", "category", "difficulty", "tags", "image", "expected",
+    "title",
+    "summary",
+    "category",
+    "difficulty",
+    "tags",
+    "image",
+    "expected",
 ];
 
 #[test]
@@ -69,6 +75,9 @@ fn the_gallery_covers_the_features_it_promises() {
         "on_error: continue",
         "retry:",
     ] {
-        assert!(all_sources.contains(feature), "no gallery recipe shows `{feature}`");
+        assert!(
+            all_sources.contains(feature),
+            "no gallery recipe shows `{feature}`"
+        );
     }
 }

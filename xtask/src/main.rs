@@ -117,7 +117,15 @@ struct Artifacts {
 fn build_agent(root: &Path) -> Result<Artifacts> {
     step("building the static sandbox agent (release, +crt-static)");
     sh(cargo()
-        .args(["build", "--release", "--locked", "-p", "sandbox-agent", "--target", AGENT_TARGET])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "sandbox-agent",
+            "--target",
+            AGENT_TARGET,
+        ])
         .env("RUSTFLAGS", "-C target-feature=+crt-static"))?;
     let agent = root.join(format!("target/{AGENT_TARGET}/release/kiln-agent"));
     if !agent.is_file() {
@@ -141,12 +149,22 @@ fn kiln_binary(root: &Path) -> Result<PathBuf> {
 
 fn build_images(root: &Path, artifacts: &Artifacts) -> Result<()> {
     let kiln = kiln_binary(root)?;
-    step("building runtime images kiln-minimal, kiln-standard, kiln-probe (cached by input hash)");
-    sh(Command::new(kiln)
-        .args(["image", "build", "--kind", "all"])
-        .env("KILN_AGENT_BINARY", &artifacts.agent)
-        .env("KILN_PROBE_BINARY", &artifacts.probe)
-        .env("KILN_RUNTIME_IMAGE_DIR", root.join("runtime-image")))
+    step(
+        "building runtime images kiln-minimal and kiln-standard (cached by a hash of their inputs)",
+    );
+    sh(Command::new(&kiln)
+        .args(["image", "build", "--agent"])
+        .arg(&artifacts.agent)
+        .arg("--runtime-image-dir")
+        .arg(root.join("runtime-image")))?;
+    step("building the test image kiln-probe (kiln-minimal + the static probe)");
+    sh(Command::new(&kiln)
+        .args(["image", "build", "--kind", "probe", "--agent"])
+        .arg(&artifacts.agent)
+        .arg("--probe")
+        .arg(&artifacts.probe)
+        .arg("--runtime-image-dir")
+        .arg(root.join("runtime-image")))
 }
 
 fn run(root: &Path, serve_args: &[String]) -> Result<()> {
@@ -154,12 +172,21 @@ fn run(root: &Path, serve_args: &[String]) -> Result<()> {
     let artifacts = build_agent(root)?;
     build_images(root, &artifacts)?;
     let kiln = root.join("target/debug/kiln");
-    step("starting kiln serve (Ctrl-C to stop)");
     let mut command = Command::new(kiln);
     command.arg("serve").args(serve_args);
-    command.env("KILN_AGENT_BINARY", &artifacts.agent);
-    command.env("KILN_RUNTIME_IMAGE_DIR", root.join("runtime-image"));
-    command.env("KILN_GALLERY_DIR", root.join("gallery"));
+    // Defaults for a checkout: data and sockets next to the source tree unless
+    // the operator's environment or --config says otherwise.
+    let data_dir = root.join(".kiln-data");
+    for (key, value) in [
+        ("KILN_SERVER__DATA_DIR", data_dir.join("db")),
+        ("KILN_SERVER__RUN_DIR", data_dir.join("run")),
+        ("KILN_SERVER__GALLERY_DIR", root.join("gallery")),
+    ] {
+        if std::env::var_os(key).is_none() {
+            command.env(key, value);
+        }
+    }
+    step("starting kiln serve (Ctrl-C to stop)");
     sh(&mut command)
 }
 
@@ -173,7 +200,15 @@ fn test(root: &Path) -> Result<()> {
     sh(cargo().args(["fmt", "--all", "--check"]))?;
 
     step("cargo clippy --workspace --all-targets -- -D warnings");
-    sh(cargo().args(["clippy", "--locked", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    sh(cargo().args([
+        "clippy",
+        "--locked",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
 
     step("the whole test suite (unit, integration, end-to-end against real Docker)");
     let mut command = cargo();
@@ -205,7 +240,10 @@ fn leftover_check() -> Result<()> {
         let ids = String::from_utf8_lossy(&output.stdout);
         let n_left = ids.lines().filter(|line| !line.trim().is_empty()).count();
         if n_left > 0 {
-            bail!("{n_left} container(s) labelled {label} were left behind: {}", ids.trim());
+            bail!(
+                "{n_left} container(s) labelled {label} were left behind: {}",
+                ids.trim()
+            );
         }
     }
     Ok(())
@@ -214,7 +252,15 @@ fn leftover_check() -> Result<()> {
 fn bench(root: &Path) -> Result<()> {
     step("criterion benchmarks of the recipe crate");
     sh(cargo().args([
-        "bench", "--locked", "-p", "recipe", "--", "--warm-up-time", "1", "--measurement-time", "3",
+        "bench",
+        "--locked",
+        "-p",
+        "recipe",
+        "--",
+        "--warm-up-time",
+        "1",
+        "--measurement-time",
+        "3",
     ]))?;
     let _ = root;
     Ok(())
