@@ -350,12 +350,9 @@ async fn docker_stores_the_profile_security_fields() {
     env.sandbox.remove(&handle).await.unwrap();
 }
 
-/// What a process inside the sandbox sees, line by line.
-#[tokio::test]
-async fn inside_view_matches_the_profile() {
-    let env = TestEnv::new("inside").await;
-    let spec = env.spec("a", Runtime::Runc, TestEnv::limits(128, 64));
-    let script = r#"
+/// Facts a process inside the sandbox can see, one per line. Run as the
+/// container user (uid 0 with SETUID/SETGID/KILL), like the agent.
+const INSIDE_SCRIPT: &str = r#"
 echo "resolv=$(wc -c < /etc/resolv.conf) hosts=$(wc -c < /etc/hosts)"
 echo "hostname=$(hostname)"
 echo "work=$(stat -c '%u:%g:%a' /work)"
@@ -365,38 +362,56 @@ echo "uid=$(id -u):$(id -g)"
 grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\t' ' '
 echo "net=$(ls /sys/class/net | tr '\n' ' ')"
 echo "nofile=$(ulimit -n) core=$(ulimit -c)"
-echo "pids.max=$(cat /sys/fs/cgroup/pids/pids.max)"
-echo "memory.limit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes)"
 touch /evil 2>&1
 touch /run/kiln/x 2>&1
 echo x > /tmp/exe && chmod +x /tmp/exe && /tmp/exe 2>&1
-echo "env=$(tr '\0' ' ' < /proc/1/environ)"
+echo "env=$(tr '\0' '\n' < /proc/1/environ | sort | tr '\n' ' ')"
 "#;
-    let profile = env.test_profile(&spec, script);
-    let (handle, report, output) = env.run_capture(&profile, Duration::from_secs(30)).await;
-    env.sandbox.remove(&handle).await.unwrap();
-    let expected = format!(
+
+/// The expected output of `INSIDE_SCRIPT`, with the runtime-specific
+/// `/proc/self/status` lines.
+fn expected_inside(execution_id: &str, proc_status_lines: &str) -> String {
+    format!(
         "resolv=0 hosts=0
 hostname=sandbox
 work={STEP_UID}:{STEP_UID}:700
 tmp=1777
 cwd=/work
 uid=0:0
-CapEff: 00000000000000e0
-CapBnd: 00000000000000e0
-NoNewPrivs: 1
-Seccomp: 2
-net=lo 
+{proc_status_lines}net=lo 
 nofile=1024 core=0
-pids.max=64
-memory.limit=134217728
 touch: /evil: Read-only file system
 touch: /run/kiln/x: Read-only file system
 /bin/sh: /tmp/exe: Permission denied
-env=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOSTNAME=sandbox HOME=/work LANG=C.UTF-8 KILN_EXECUTION_ID={} 
-",
-        spec.execution_id
+env=HOME=/work HOSTNAME=sandbox KILN_EXECUTION_ID={execution_id} LANG=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin 
+"
+    )
+}
+
+/// What a process inside the sandbox sees under runc, including the
+/// cgroup limits through its private cgroup namespace. resolv.conf and hosts
+/// are empty because of NetworkDisabled (no host resolver leaks).
+#[tokio::test]
+async fn inside_view_matches_the_profile() {
+    let env = TestEnv::new("inside").await;
+    let spec = env.spec("a", Runtime::Runc, TestEnv::limits(128, 64));
+    let script = format!(
+        "{INSIDE_SCRIPT}echo \"pids.max=$(cat /sys/fs/cgroup/pids/pids.max)\"
+echo \"memory.limit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes)\"
+"
     );
+    let profile = env.test_profile(&spec, &script);
+    let (handle, report, output) = env.run_capture(&profile, Duration::from_secs(30)).await;
+    env.sandbox.remove(&handle).await.unwrap();
+    let mut expected = expected_inside(
+        &spec.execution_id,
+        "CapEff: 00000000000000e0
+CapBnd: 00000000000000e0
+NoNewPrivs: 1
+Seccomp: 2
+",
+    );
+    expected.push_str("pids.max=64\nmemory.limit=134217728\n");
     assert_eq!(output, expected);
     // The last command (echo) succeeded.
     assert_eq!(report.exit_code, 0);
@@ -413,42 +428,15 @@ env=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOSTNAME=s
 async fn inside_view_under_runsc() {
     let env = TestEnv::new("insiderunsc").await;
     let spec = env.spec("a", Runtime::Runsc, TestEnv::limits(128, 64));
-    let script = r#"
-echo "resolv=$(wc -c < /etc/resolv.conf) hosts=$(wc -c < /etc/hosts)"
-echo "hostname=$(hostname)"
-echo "work=$(stat -c '%u:%g:%a' /work)"
-echo "tmp=$(stat -c '%a' /tmp)"
-echo "cwd=$(pwd)"
-echo "uid=$(id -u):$(id -g)"
-grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\t' ' '
-echo "net=$(ls /sys/class/net | tr '\n' ' ')"
-echo "nofile=$(ulimit -n) core=$(ulimit -c)"
-touch /evil 2>&1
-touch /run/kiln/x 2>&1
-echo x > /tmp/exe && chmod +x /tmp/exe && /tmp/exe 2>&1
-echo "env=$(tr '\0' '\n' < /proc/1/environ | sort | tr '\n' ' ')"
-"#;
-    let profile = env.test_profile(&spec, script);
+    let profile = env.test_profile(&spec, INSIDE_SCRIPT);
     let (handle, report, output) = env.run_capture(&profile, Duration::from_secs(60)).await;
     env.sandbox.remove(&handle).await.unwrap();
-    let expected = format!(
-        "resolv=0 hosts=0
-hostname=sandbox
-work={STEP_UID}:{STEP_UID}:700
-tmp=1777
-cwd=/work
-uid=0:0
-CapEff: 00000000000000e0
+    let expected = expected_inside(
+        &spec.execution_id,
+        "CapEff: 00000000000000e0
 CapBnd: 00000000000000e0
 Seccomp: 0
-net=lo 
-nofile=1024 core=0
-touch: /evil: Read-only file system
-touch: /run/kiln/x: Read-only file system
-/bin/sh: /tmp/exe: Permission denied
-env=HOME=/work HOSTNAME=sandbox KILN_EXECUTION_ID={} LANG=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin 
 ",
-        spec.execution_id
     );
     assert_eq!(output, expected);
     assert_eq!(report.exit_code, 0);
