@@ -18,7 +18,9 @@ use controller::gateway::budget::{Budget, BudgetLimit, BudgetScope, BudgetUsage}
 use controller::gateway::client::{
     ChatMessage, ChatRole, Parameters, ProviderClient, ProviderError, ResolvedRequest,
 };
-use controller::gateway::config::{GatewayConfig, ProviderConfig, ResponseLimits, load_api_key};
+use controller::gateway::config::{
+    GatewayConfig, PreferenceEntry, ProviderConfig, ResponseLimits, load_api_key,
+};
 use controller::gateway::profiles::AgentProfiles;
 use controller::gateway::resolve::{ResolveInput, StepSelection};
 use controller::gateway::retry::{RetryClock, RetryNotice, RetryPolicy, stream_with_retry};
@@ -779,5 +781,86 @@ async fn gateway_setup_errors_name_the_key_source() {
     assert_eq!(
         err.to_string(),
         "invalid configuration at `gateway.providers[0].base_url`: must not carry credentials; use api_key_env or api_key_file"
+    );
+}
+
+#[tokio::test]
+async fn gateway_falls_back_to_the_next_preference_when_a_provider_is_down() {
+    let server = TestProvider::start(vec![Script::stream(&["from local"], 4, 2)]).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down_addr = listener.local_addr().unwrap();
+    drop(listener);
+    let mut config = gateway_config(&server, Budget::default());
+    let mut down = config.providers[0].clone();
+    down.name = "down".into();
+    down.base_url = format!("http://{down_addr}/v1");
+    config.providers.push(down);
+    let clock = Arc::new(RecordingClock::default());
+    let gateway = Gateway::new(
+        config,
+        AgentProfiles::builtin(),
+        &env(&[("LOCAL_KEY", OPENAI_CANARY)]),
+    )
+    .unwrap()
+    .with_clock(clock.clone());
+    let input = ResolveInput {
+        agent: "self",
+        messages: vec![ChatMessage {
+            role: ChatRole::User,
+            content: "hi".into(),
+        }],
+        selection: StepSelection {
+            provider_preferences: Some(vec![
+                PreferenceEntry::Provider {
+                    provider: "down".into(),
+                    model: None,
+                },
+                PreferenceEntry::Provider {
+                    provider: "local".into(),
+                    model: Some("fast".into()),
+                },
+            ]),
+            ..StepSelection::default()
+        },
+        agent_config: None,
+        stop: vec![],
+        timeout: None,
+    };
+    let scope = CallScope {
+        user: "bob".into(),
+        execution: "exec-2".into(),
+        step_id: "s".into(),
+    };
+    let outcome = gateway
+        .call(
+            &scope,
+            &input,
+            &CancellationToken::new(),
+            &mut |_: &str| {},
+            &mut |_: &RetryNotice| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.completion.text, "from local");
+    assert_eq!(outcome.resolution.request.provider, "local");
+    assert_eq!(outcome.resolution.request.model, "llama3.2:1b");
+    assert_eq!(outcome.resolution.notes.len(), 1);
+    assert!(
+        outcome.resolution.notes[0].starts_with("provider `down` failed (provider unreachable: "),
+        "{:?}",
+        outcome.resolution.notes
+    );
+    assert!(
+        clock.sleeps.lock().unwrap().is_empty(),
+        "unreachable is not retried"
+    );
+    assert_eq!(server.requests().len(), 1);
+    assert_eq!(
+        gateway.ledger().lock().unwrap().execution_usage("exec-2"),
+        BudgetUsage {
+            requests: 1,
+            input_tokens: 4,
+            output_tokens: 2
+        }
     );
 }

@@ -3,7 +3,9 @@
 //!
 //! Order of one call: resolve (profile + configuration) → budget check, which
 //! counts the request → `max_tokens` capped to the output tokens still
-//! allowed → streamed provider call with retries → usage recorded.
+//! allowed → streamed provider call with retries (then the same level's
+//! fallback targets while a provider is down, failing or rate limiting and
+//! nothing was streamed yet) → usage recorded.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -14,7 +16,7 @@ use super::budget::{BudgetExhausted, BudgetLedger};
 use super::client::{BuildClientError, Completion, ProviderClient, ProviderError};
 use super::config::{GatewayConfig, GatewayConfigError, LoadKeyError, load_api_keys};
 use super::profiles::AgentProfiles;
-use super::resolve::{Resolution, ResolveError, ResolveInput, resolve};
+use super::resolve::{Resolution, ResolveError, ResolveInput, Target, resolve};
 use super::retry::{RetryClock, RetryNotice, RetryPolicy, TokioRetryClock, stream_with_retry};
 
 /// Setting up the gateway failed (at startup, before any port is bound).
@@ -177,25 +179,63 @@ impl Gateway {
             let params = &mut resolution.request.parameters;
             params.max_tokens = Some(params.max_tokens.map_or(allowance, |n| n.min(allowance)));
         }
-        let provider = resolution.request.provider.clone();
-        let client = self
-            .clients
-            .get(&provider)
-            .expect("resolve only chooses configured providers, and each has a client");
-        let completion = stream_with_retry(
-            client,
-            &resolution.request,
-            cancel,
-            &self.policy,
-            self.clock.as_ref(),
-            on_chunk,
-            on_retry,
-        )
-        .await
-        .map_err(|error| CallError::Provider {
-            provider: provider.clone(),
-            error,
-        })?;
+        // The chosen target, then the same level's fallbacks while the
+        // provider is down or failing and nothing was streamed yet.
+        let mut targets = std::iter::once(Target {
+            provider: resolution.request.provider.clone(),
+            model: resolution.request.model.clone(),
+        })
+        .chain(resolution.fallbacks.clone())
+        .peekable();
+        let completion = loop {
+            let target = targets
+                .next()
+                .expect("the first target is always there; later ones are peeked");
+            resolution.request.provider = target.provider.clone();
+            resolution.request.model = target.model.clone();
+            let client = self
+                .clients
+                .get(&target.provider)
+                .expect("resolve only chooses configured providers, and each has a client");
+            let mut streamed = false;
+            let mut forward = |text: &str| {
+                streamed = true;
+                on_chunk(text);
+            };
+            let result = stream_with_retry(
+                client,
+                &resolution.request,
+                cancel,
+                &self.policy,
+                self.clock.as_ref(),
+                &mut forward,
+                on_retry,
+            )
+            .await;
+            match result {
+                Ok(completion) => break completion,
+                Err(error) => {
+                    let can_fall_back = !streamed
+                        && matches!(
+                            error,
+                            ProviderError::Unreachable { .. }
+                                | ProviderError::Server { .. }
+                                | ProviderError::RateLimited { .. }
+                        );
+                    if can_fall_back && targets.peek().is_some() {
+                        resolution.notes.push(format!(
+                            "provider `{}` failed ({error}); trying the next preference",
+                            target.provider
+                        ));
+                        continue;
+                    }
+                    return Err(CallError::Provider {
+                        provider: target.provider,
+                        error,
+                    });
+                }
+            }
+        };
         self.ledger
             .lock()
             .expect("budget ledger lock poisoned")
