@@ -40,6 +40,8 @@ pub const EXIT_INTERNAL: i32 = 70;
 pub const EXIT_STOPPED_BEFORE_JOB: i32 = 75;
 pub const EXIT_REJECTED: i32 = 77;
 
+/// How long to wait for step processes to be gone after the run.
+const REAP_PATIENCE: Duration = Duration::from_secs(5);
 /// How long to wait for the final acknowledgement and close handshake.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -115,13 +117,17 @@ pub async fn run(args: AgentArgs, token: String, execution_id: String) -> i32 {
         step_counter: AtomicU64::new(0),
     });
     let outcome = tokio::select! {
-        outcome = run_job(&job, runners, &link, run_cancel) => outcome,
+        outcome = run_job(&job, runners.clone(), &link, run_cancel) => outcome,
         failure = link.failed() => {
             eprintln!("kiln-agent: {failure}");
             return exit_code_for(&failure);
         }
     };
+    runners.process.kill_live_groups();
     kill_leftover_processes();
+    if !reaper.reap_until_childless(REAP_PATIENCE).await {
+        eprintln!("kiln-agent: step processes outlived the run");
+    }
 
     let collect = CollectSpec {
         out_dir: args.work_dir.join("out"),

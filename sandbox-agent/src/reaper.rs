@@ -53,17 +53,19 @@ impl Reaper {
         Ok((child, receiver))
     }
 
-    /// Reaps every child that has exited; never blocks.
-    pub fn reap_now(&self) {
+    /// Reaps every child that has exited; never blocks. Returns whether
+    /// children (running ones) remain.
+    pub fn reap_now(&self) -> bool {
         let mut waiters = self.waiters.lock().expect("reaper lock is never poisoned");
         loop {
             let (pid, code) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid, code),
                 Ok(WaitStatus::Signaled(pid, signal, _)) => (pid, 128 + signal as i32),
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(WaitStatus::StillAlive) => return true,
+                Err(Errno::ECHILD) => return false,
                 Ok(_) => continue,
                 Err(Errno::EINTR) => continue,
-                Err(_) => return,
+                Err(_) => return true,
             };
             if let Some(sender) = waiters.remove(&pid.as_raw()) {
                 let _ = sender.send(ExitCode(code));
@@ -90,6 +92,22 @@ impl Reaper {
                 }
             }
             self.reap_now();
+        }
+    }
+
+    /// Reaps until the agent has no children left (orphaned step processes
+    /// included, as PID 1 or subreaper), or `patience` ran out. Returns
+    /// whether it got there, so no zombie outlives the agent.
+    pub async fn reap_until_childless(&self, patience: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            if !self.reap_now() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

@@ -19,13 +19,14 @@
 //! - if the future is dropped (the engine timed out or cancelled first), a
 //!   guard terminates the group the same way.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill, killpg};
@@ -105,6 +106,8 @@ pub enum StepError {
 #[derive(Clone)]
 pub struct ProcessRunner {
     reaper: Reaper,
+    /// Process groups of steps that are running or being terminated.
+    live_groups: Arc<Mutex<BTreeSet<i32>>>,
     self_exe: PathBuf,
     execution_output_remaining: Arc<AtomicU64>,
     execution_output_limit: u64,
@@ -115,6 +118,7 @@ impl ProcessRunner {
     pub fn new(reaper: Reaper, self_exe: PathBuf, execution_output_limit: u64) -> ProcessRunner {
         ProcessRunner {
             reaper,
+            live_groups: Arc::default(),
             self_exe,
             execution_output_remaining: Arc::new(AtomicU64::new(execution_output_limit)),
             execution_output_limit,
@@ -136,7 +140,12 @@ impl ProcessRunner {
             pgid: child,
             grace: limits.kill_grace,
             is_armed: true,
+            live_groups: self.live_groups.clone(),
         };
+        self.live_groups
+            .lock()
+            .expect("live groups lock is never poisoned")
+            .insert(child);
         tokio::spawn(write_and_close(pipes.stdin, spec_json));
         let mut stdout = pipes.stdout;
         let mut stderr = pipes.stderr;
@@ -240,6 +249,22 @@ impl ProcessRunner {
         })
     }
 
+    /// SIGKILLs every step group still alive (run over, cancelled or
+    /// abandoned): nothing of a step outlives the run.
+    pub fn kill_live_groups(&self) {
+        let pgids: Vec<i32> = std::mem::take(
+            &mut *self
+                .live_groups
+                .lock()
+                .expect("live groups lock is never poisoned"),
+        )
+        .into_iter()
+        .collect();
+        for pgid in pgids {
+            signal_group(pgid, Signal::SIGKILL);
+        }
+    }
+
     fn budget(&self, limits: StepLimits) -> OutputBudget {
         OutputBudget::new(
             limits.max_output_bytes,
@@ -313,24 +338,40 @@ struct GroupGuard {
     pgid: i32,
     grace: Duration,
     is_armed: bool,
+    live_groups: Arc<Mutex<BTreeSet<i32>>>,
 }
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
+        let pgid = self.pgid;
         if !self.is_armed {
+            self.live_groups
+                .lock()
+                .expect("live groups lock is never poisoned")
+                .remove(&pgid);
             return;
         }
-        signal_group(self.pgid, Signal::SIGTERM);
-        let pgid = self.pgid;
+        signal_group(pgid, Signal::SIGTERM);
         let grace = self.grace;
+        let live_groups = self.live_groups.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 handle.spawn(async move {
                     tokio::time::sleep(grace).await;
                     signal_group(pgid, Signal::SIGKILL);
+                    live_groups
+                        .lock()
+                        .expect("live groups lock is never poisoned")
+                        .remove(&pgid);
                 });
             }
-            Err(_) => signal_group(pgid, Signal::SIGKILL),
+            Err(_) => {
+                signal_group(pgid, Signal::SIGKILL);
+                live_groups
+                    .lock()
+                    .expect("live groups lock is never poisoned")
+                    .remove(&pgid);
+            }
         }
     }
 }

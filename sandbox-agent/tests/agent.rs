@@ -190,6 +190,18 @@ impl Conn {
     }
 }
 
+/// Runs `job` with `--no-drop` against a well-behaved controller; checks that
+/// the agent exits 0 and returns the reliable messages.
+async fn run_to_done_unprivileged(job: &Job) -> Vec<AgentMessage> {
+    let harness = Harness::start(&["--no-drop"]).await;
+    let mut conn = harness.accept().await;
+    conn.handshake(job).await;
+    let messages = conn.run_to_done(|_| None).await;
+    drop(conn);
+    assert_eq!(harness.exit().await.0, 0);
+    messages
+}
+
 fn reliable_seq(message: &AgentMessage) -> Option<u64> {
     match message {
         AgentMessage::Event(event) => Some(event.seq),
@@ -323,11 +335,7 @@ steps:
 
 #[tokio::test]
 async fn handshake_and_exact_event_sequence_for_two_bash_steps() {
-    let harness = Harness::start(&["--no-drop"]).await;
-    let mut conn = harness.accept().await;
-    conn.handshake(&job(TWO_STEPS)).await;
-    let messages = conn.run_to_done(|_| None).await;
-    drop(conn);
+    let messages = run_to_done_unprivileged(&job(TWO_STEPS)).await;
     assert_contiguous(&messages);
     let lines: Vec<String> = messages.iter().map(describe).collect();
     let mut sequence: Vec<String> = lines
@@ -367,8 +375,6 @@ async fn handshake_and_exact_event_sequence_for_two_bash_steps() {
         "{lines:#?}"
     );
     assert!(lines[lines.len() - 2].contains("succeeded"), "{lines:#?}");
-    let (code, _) = harness.exit().await;
-    assert_eq!(code, 0);
 }
 
 #[tokio::test]
@@ -384,11 +390,7 @@ steps:
     command: head -c 5000000 /dev/zero | tr '\0' a; echo; echo tail >&2
 "#;
     let flood_job = job(recipe);
-    let harness = Harness::start(&["--no-drop"]).await;
-    let mut conn = harness.accept().await;
-    conn.handshake(&flood_job).await;
-    let messages = conn.run_to_done(|_| None).await;
-    drop(conn);
+    let messages = run_to_done_unprivileged(&flood_job).await;
     assert_contiguous(&messages);
     let stdout = output_of(&messages, "flood", "stdout");
     assert_eq!(stdout.len(), 1_000_000);
@@ -420,7 +422,6 @@ steps:
         }
     }
     assert_eq!(done_status(&messages), FinalStatus::Succeeded);
-    assert_eq!(harness.exit().await.0, 0);
 }
 
 #[tokio::test]
@@ -438,11 +439,7 @@ steps:
       sleep 100 &
       sleep 100
 "#;
-    let harness = Harness::start(&["--no-drop"]).await;
-    let mut conn = harness.accept().await;
-    conn.handshake(&job(recipe)).await;
-    let messages = conn.run_to_done(|_| None).await;
-    drop(conn);
+    let messages = run_to_done_unprivileged(&job(recipe)).await;
     let stdout = output_of(&messages, "sleepy", "stdout");
     let pgid: i32 = stdout
         .trim()
@@ -466,7 +463,6 @@ steps:
         "{lines:#?}"
     );
     assert_eq!(done_status(&messages), FinalStatus::Failed);
-    assert_eq!(harness.exit().await.0, 0);
 }
 
 #[tokio::test]
@@ -618,11 +614,7 @@ steps:
 "#;
     let mut artifacts_job = job(recipe);
     artifacts_job.limits.max_artifact_bytes = 1000;
-    let harness = Harness::start(&["--no-drop"]).await;
-    let mut conn = harness.accept().await;
-    conn.handshake(&artifacts_job).await;
-    let messages = conn.run_to_done(|_| None).await;
-    drop(conn);
+    let messages = run_to_done_unprivileged(&artifacts_job).await;
     assert_contiguous(&messages);
     let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut digests: BTreeMap<String, String> = BTreeMap::new();
@@ -682,7 +674,6 @@ steps:
     .collect();
     assert_eq!(rejected, expected_rejections);
     assert_eq!(done_status(&messages), FinalStatus::Succeeded);
-    assert_eq!(harness.exit().await.0, 0);
 }
 
 #[tokio::test]
@@ -782,11 +773,7 @@ async fn a_missing_token_exits_66_and_an_invalid_recipe_fails_cleanly() {
     let (code, stderr) = harness.exit().await;
     assert_eq!(code, 66, "{stderr}");
 
-    let harness = Harness::start(&["--no-drop"]).await;
-    let mut conn = harness.accept().await;
-    conn.handshake(&job("name: broken\nsteps: 3\n")).await;
-    let messages = conn.run_to_done(|_| None).await;
-    drop(conn);
+    let messages = run_to_done_unprivileged(&job("name: broken\nsteps: 3\n")).await;
     match messages.last().unwrap() {
         AgentMessage::Done(done) => {
             assert_eq!(done.outcome.status, FinalStatus::Failed);
@@ -794,5 +781,4 @@ async fn a_missing_token_exits_66_and_an_invalid_recipe_fails_cleanly() {
         }
         other => panic!("expected done, got {other:?}"),
     }
-    assert_eq!(harness.exit().await.0, 0);
 }
