@@ -141,31 +141,28 @@ fn is_valid_gallery_name(stem: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-/// A submitted file name: a relative path of safe segments, at most 128 bytes.
+/// A submitted file name: a relative path (the protocol's artifact-name rules)
+/// of letters, digits, `.`, `-`, `_` and `/`, at most 128 bytes.
 fn check_file_name(name: &str) -> Result<(), IntakeError> {
-    let reject = |reason: &str| {
+    let reject = |reason: String| {
         Err(IntakeError::InvalidFileName {
             name: name.to_string(),
-            reason: reason.to_string(),
+            reason,
         })
     };
-    if name.is_empty() || name.len() > 128 {
-        return reject("must be 1-128 bytes");
+    if name.len() > 128 {
+        return reject("must be at most 128 bytes".to_string());
     }
     if !name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'/'))
     {
-        return reject("only letters, digits, `.`, `-`, `_` and `/` are allowed");
+        return reject("only letters, digits, `.`, `-`, `_` and `/` are allowed".to_string());
     }
-    if name.starts_with('/')
-        || name
-            .split('/')
-            .any(|segment| segment.is_empty() || segment == "." || segment == "..")
-    {
-        return reject("must be a relative path without empty, `.` or `..` segments");
+    match protocol::validate_artifact_name(name) {
+        Ok(()) => Ok(()),
+        Err(err) => reject(err.to_string()),
     }
-    Ok(())
 }
 
 fn check_size(what: &str, size: usize, max: u64) -> Result<(), IntakeError> {

@@ -113,6 +113,16 @@ impl Reply {
         })
     }
 
+    #[track_caller]
+    fn assert_error(&self, status: StatusCode, code: &str) {
+        assert_eq!(
+            (self.status, self.error_code().as_str()),
+            (status, code),
+            "{}",
+            String::from_utf8_lossy(&self.bytes)
+        );
+    }
+
     fn error_code(&self) -> String {
         self.json()["error"]["code"]
             .as_str()
@@ -151,6 +161,14 @@ impl Harness {
             headers,
             bytes,
         }
+    }
+
+    async fn get(&self, uri: &str, token: &str) -> Reply {
+        self.send("GET", uri, Some(token), None).await
+    }
+
+    async fn post(&self, uri: &str, token: &str, body: &str) -> Reply {
+        self.send("POST", uri, Some(token), Some(body)).await
     }
 
     async fn submit_as(&self, token: &str, body: Value) -> String {
@@ -396,9 +414,7 @@ async fn bad_submissions_get_precise_4xx_codes() {
         ),
     ];
     for (what, body, status, code) in cases {
-        let reply = h
-            .send("POST", "/api/v1/executions", Some(&h.alice), Some(&body))
-            .await;
+        let reply = h.post("/api/v1/executions", &h.alice, &body).await;
         assert_eq!(
             (reply.status, reply.error_code().as_str()),
             (status, code),
@@ -407,10 +423,7 @@ async fn bad_submissions_get_precise_4xx_codes() {
         );
     }
     // Nothing was queued by any of them.
-    let list = h
-        .send("GET", "/api/v1/executions", Some(&h.admin), None)
-        .await
-        .json();
+    let list = h.get("/api/v1/executions", &h.admin).await.json();
     assert_eq!(list["executions"], json!([]));
 
     // The wrong content type.
@@ -429,20 +442,18 @@ async fn bad_submissions_get_precise_4xx_codes() {
 async fn error_details_name_the_field_and_every_diagnostic() {
     let h = harness().await;
     let reply = h
-        .send(
-            "POST",
+        .post(
             "/api/v1/executions",
-            Some(&h.alice),
-            Some(&json!({ "recipe": GOOD, "inputs": [] }).to_string()),
+            &h.alice,
+            &json!({ "recipe": GOOD, "inputs": [] }).to_string(),
         )
         .await;
     assert_eq!(reply.json()["error"]["details"]["field"], "inputs");
     let reply = h
-        .send(
-            "POST",
+        .post(
             "/api/v1/executions",
-            Some(&h.alice),
-            Some(&json!({ "recipe": GOOD, "clas": "x" }).to_string()),
+            &h.alice,
+            &json!({ "recipe": GOOD, "clas": "x" }).to_string(),
         )
         .await;
     assert_eq!(reply.error_code(), "unknown_field");
@@ -456,11 +467,10 @@ async fn error_details_name_the_field_and_every_diagnostic() {
     // Two independent problems: both are reported, each with path and line:col.
     let source = "name: hello\ndescription: x\nversion: one\nsteps:\n  - id: a\n    type: bash\n    command: echo\n    timout: 3\n";
     let reply = h
-        .send(
-            "POST",
+        .post(
             "/api/v1/executions",
-            Some(&h.alice),
-            Some(&json!({ "recipe": source }).to_string()),
+            &h.alice,
+            &json!({ "recipe": source }).to_string(),
         )
         .await;
     assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -493,11 +503,10 @@ async fn error_details_name_the_field_and_every_diagnostic() {
     );
 
     let reply = h
-        .send(
-            "POST",
+        .post(
             "/api/v1/executions",
-            Some(&h.alice),
-            Some(&json!({ "recipe": format!("{GOOD}#{}", "x".repeat(5000)) }).to_string()),
+            &h.alice,
+            &json!({ "recipe": format!("{GOOD}#{}", "x".repeat(5000)) }).to_string(),
         )
         .await;
     assert_eq!(reply.json()["error"]["details"]["field"], "recipe");
@@ -524,59 +533,23 @@ async fn unknown_ids_routes_and_methods_are_precise() {
     }
     let approve = json!({ "decision": "approve" }).to_string();
     let reply = h
-        .send(
-            "POST",
-            "/api/v1/executions/ex_nope/approvals/s",
-            Some(&h.alice),
-            Some(&approve),
-        )
+        .post("/api/v1/executions/ex_nope/approvals/s", &h.alice, &approve)
         .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
-    let reply = h.send("GET", "/api/v1/nothing", Some(&h.alice), None).await;
-    assert_eq!(
-        (reply.status, reply.error_code().as_str()),
-        (StatusCode::NOT_FOUND, "not_found")
-    );
+    let reply = h.get("/api/v1/nothing", &h.alice).await;
+    reply.assert_error(StatusCode::NOT_FOUND, "not_found");
     let reply = h
         .send("DELETE", "/api/v1/executions", Some(&h.alice), None)
         .await;
-    assert_eq!(
-        (reply.status, reply.error_code().as_str()),
-        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
-    );
-    let reply = h
-        .send("GET", "/api/v1/executions?limit=many", Some(&h.alice), None)
-        .await;
-    assert_eq!(
-        (reply.status, reply.error_code().as_str()),
-        (StatusCode::BAD_REQUEST, "invalid_query")
-    );
-    let reply = h
-        .send(
-            "GET",
-            "/api/v1/executions?status=done",
-            Some(&h.alice),
-            None,
-        )
-        .await;
-    assert_eq!(
-        (reply.status, reply.error_code().as_str()),
-        (StatusCode::BAD_REQUEST, "invalid_query")
-    );
-    let reply = h
-        .send("GET", "/api/v1/executions?cursor=zzz", Some(&h.alice), None)
-        .await;
-    assert_eq!(
-        (reply.status, reply.error_code().as_str()),
-        (StatusCode::BAD_REQUEST, "invalid_query")
-    );
-    let reply = h
-        .send("GET", "/api/v1/executions?colour=red", Some(&h.alice), None)
-        .await;
-    assert_eq!(
-        (reply.status, reply.error_code().as_str()),
-        (StatusCode::BAD_REQUEST, "invalid_query")
-    );
+    reply.assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    let reply = h.get("/api/v1/executions?limit=many", &h.alice).await;
+    reply.assert_error(StatusCode::BAD_REQUEST, "invalid_query");
+    let reply = h.get("/api/v1/executions?status=done", &h.alice).await;
+    reply.assert_error(StatusCode::BAD_REQUEST, "invalid_query");
+    let reply = h.get("/api/v1/executions?cursor=zzz", &h.alice).await;
+    reply.assert_error(StatusCode::BAD_REQUEST, "invalid_query");
+    let reply = h.get("/api/v1/executions?colour=red", &h.alice).await;
+    reply.assert_error(StatusCode::BAD_REQUEST, "invalid_query");
 }
 
 #[tokio::test]
@@ -630,15 +603,9 @@ async fn another_tokens_execution_is_indistinguishable_from_a_missing_one() {
             .status,
         ExecutionStatus::Queued
     );
-    let bobs = h
-        .send("GET", "/api/v1/executions", Some(&h.bob), None)
-        .await
-        .json();
+    let bobs = h.get("/api/v1/executions", &h.bob).await.json();
     assert_eq!(bobs["executions"], json!([]));
-    let admins = h
-        .send("GET", "/api/v1/executions", Some(&h.admin), None)
-        .await
-        .json();
+    let admins = h.get("/api/v1/executions", &h.admin).await.json();
     assert_eq!(
         admins["executions"][0]["id"],
         id.as_str(),
@@ -653,12 +620,7 @@ async fn submit_queues_a_row_and_wakes_the_launcher() {
     let h = harness().await;
     let body = json!({ "recipe": GOOD, "inputs": { "who": "kiln" }, "files": { "lib.yaml": GOOD }, "class": "standard" });
     let reply = h
-        .send(
-            "POST",
-            "/api/v1/executions",
-            Some(&h.alice),
-            Some(&body.to_string()),
-        )
+        .post("/api/v1/executions", &h.alice, &body.to_string())
         .await;
     assert_eq!(reply.status, StatusCode::ACCEPTED);
     let submitted = reply.json();
@@ -692,12 +654,7 @@ async fn submit_queues_a_row_and_wakes_the_launcher() {
     assert_eq!(audit[0].actor, h.alice_id);
 
     let view = h
-        .send(
-            "GET",
-            &format!("/api/v1/executions/{id}"),
-            Some(&h.alice),
-            None,
-        )
+        .get(&format!("/api/v1/executions/{id}"), &h.alice)
         .await
         .json();
     assert_eq!(view["status"], "queued");
@@ -738,7 +695,7 @@ async fn list_is_paginated_newest_first_and_filterable() {
     let mut seen = Vec::new();
     let mut uri = "/api/v1/executions?limit=2".to_string();
     loop {
-        let page = h.send("GET", &uri, Some(&h.alice), None).await.json();
+        let page = h.get(&uri, &h.alice).await.json();
         seen.extend(
             page["executions"]
                 .as_array()
@@ -753,12 +710,7 @@ async fn list_is_paginated_newest_first_and_filterable() {
     }
     assert_eq!(seen, ids.iter().rev().cloned().collect::<Vec<_>>());
     let failed = h
-        .send(
-            "GET",
-            "/api/v1/executions?status=failed",
-            Some(&h.alice),
-            None,
-        )
+        .get("/api/v1/executions?status=failed", &h.alice)
         .await
         .json();
     assert_eq!(failed["executions"].as_array().unwrap().len(), 1);
@@ -774,11 +726,9 @@ async fn events_are_paged_by_seq() {
     let id = h.submit_good().await;
     let stored = h.emit(&id, 1..=5).await;
     let page = h
-        .send(
-            "GET",
+        .get(
             &format!("/api/v1/executions/{id}/events?after=0&limit=2"),
-            Some(&h.alice),
-            None,
+            &h.alice,
         )
         .await
         .json();
@@ -788,23 +738,13 @@ async fn events_are_paged_by_seq() {
         (Some(2), Some("queued"))
     );
     let page = h
-        .send(
-            "GET",
-            &format!("/api/v1/executions/{id}/events?after=2"),
-            Some(&h.alice),
-            None,
-        )
+        .get(&format!("/api/v1/executions/{id}/events?after=2"), &h.alice)
         .await
         .json();
     assert_eq!(page["events"], serde_json::to_value(&stored[2..]).unwrap());
     assert_eq!(page["next_after"], 5);
     let page = h
-        .send(
-            "GET",
-            &format!("/api/v1/executions/{id}/events?after=5"),
-            Some(&h.alice),
-            None,
-        )
+        .get(&format!("/api/v1/executions/{id}/events?after=5"), &h.alice)
         .await
         .json();
     assert_eq!(
@@ -818,12 +758,7 @@ async fn events_are_paged_by_seq() {
     );
     for bad in ["after=-1", "after=x", "limit=0x", "seq=1"] {
         let reply = h
-            .send(
-                "GET",
-                &format!("/api/v1/executions/{id}/events?{bad}"),
-                Some(&h.alice),
-                None,
-            )
+            .get(&format!("/api/v1/executions/{id}/events?{bad}"), &h.alice)
             .await;
         assert_eq!(
             (reply.status, reply.error_code().as_str()),
@@ -924,9 +859,7 @@ async fn approvals_decide_once_and_refuse_with_409() {
     let deny = json!({ "decision": "deny" }).to_string();
 
     // No gate open yet.
-    let reply = h
-        .send("POST", &uri("deploy"), Some(&h.alice), Some(&approve))
-        .await;
+    let reply = h.post(&uri("deploy"), &h.alice, &approve).await;
     assert_eq!(
         (
             reply.status,
@@ -948,19 +881,12 @@ async fn approvals_decide_once_and_refuse_with_409() {
         h.control.gate_opened(&id, stage);
     }
     let view = h
-        .send(
-            "GET",
-            &format!("/api/v1/executions/{id}"),
-            Some(&h.alice),
-            None,
-        )
+        .get(&format!("/api/v1/executions/{id}"), &h.alice)
         .await
         .json();
     assert_eq!(view["approvals"][0]["pending"], true);
 
-    let reply = h
-        .send("POST", &uri("deploy"), Some(&h.alice), Some(&approve))
-        .await;
+    let reply = h.post(&uri("deploy"), &h.alice, &approve).await;
     assert_eq!(
         reply.status,
         StatusCode::OK,
@@ -984,9 +910,7 @@ async fn approvals_decide_once_and_refuse_with_409() {
         }
         other => panic!("expected an approval command, got {other:?}"),
     }
-    let reply = h
-        .send("POST", &uri("deploy"), Some(&h.alice), Some(&approve))
-        .await;
+    let reply = h.post(&uri("deploy"), &h.alice, &approve).await;
     assert_eq!(
         (
             reply.status,
@@ -996,13 +920,9 @@ async fn approvals_decide_once_and_refuse_with_409() {
     );
 
     // Deny is final: a later approve of the same gate is refused.
-    let reply = h
-        .send("POST", &uri("release"), Some(&h.alice), Some(&deny))
-        .await;
+    let reply = h.post(&uri("release"), &h.alice, &deny).await;
     assert_eq!(reply.status, StatusCode::OK);
-    let reply = h
-        .send("POST", &uri("release"), Some(&h.alice), Some(&approve))
-        .await;
+    let reply = h.post(&uri("release"), &h.alice, &approve).await;
     assert_eq!(
         (
             reply.status,
@@ -1029,14 +949,7 @@ async fn approvals_decide_once_and_refuse_with_409() {
             "invalid_field",
         ),
     ] {
-        let reply = h
-            .send(
-                "POST",
-                &uri("other"),
-                Some(&h.alice),
-                Some(&body.to_string()),
-            )
-            .await;
+        let reply = h.post(&uri("other"), &h.alice, &body.to_string()).await;
         assert_eq!(
             (reply.status, reply.error_code().as_str()),
             (StatusCode::UNPROCESSABLE_ENTITY, code),
@@ -1049,9 +962,7 @@ async fn approvals_decide_once_and_refuse_with_409() {
         .set_status(&id, ExecutionStatus::Denied, None)
         .await
         .unwrap();
-    let reply = h
-        .send("POST", &uri("other"), Some(&h.alice), Some(&approve))
-        .await;
+    let reply = h.post(&uri("other"), &h.alice, &approve).await;
     assert_eq!(
         (
             reply.status,
@@ -1089,12 +1000,7 @@ async fn artifacts_are_listed_and_downloaded_as_attachments() {
         .await
         .unwrap();
     let list = h
-        .send(
-            "GET",
-            &format!("/api/v1/executions/{id}/artifacts"),
-            Some(&h.alice),
-            None,
-        )
+        .get(&format!("/api/v1/executions/{id}/artifacts"), &h.alice)
         .await
         .json();
     assert_eq!(
@@ -1105,11 +1011,9 @@ async fn artifacts_are_listed_and_downloaded_as_attachments() {
         }]})
     );
     let reply = h
-        .send(
-            "GET",
+        .get(
             &format!("/api/v1/executions/{id}/artifacts/out/report.txt"),
-            Some(&h.alice),
-            None,
+            &h.alice,
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -1124,17 +1028,12 @@ async fn artifacts_are_listed_and_downloaded_as_attachments() {
     );
     assert_eq!(reply.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
     let missing = h
-        .send(
-            "GET",
+        .get(
             &format!("/api/v1/executions/{id}/artifacts/out/none.txt"),
-            Some(&h.alice),
-            None,
+            &h.alice,
         )
         .await;
-    assert_eq!(
-        (missing.status, missing.error_code().as_str()),
-        (StatusCode::NOT_FOUND, "not_found")
-    );
+    missing.assert_error(StatusCode::NOT_FOUND, "not_found");
 }
 
 // ---------------------------------------------------------------- validate
@@ -1143,11 +1042,10 @@ async fn artifacts_are_listed_and_downloaded_as_attachments() {
 async fn validate_returns_every_diagnostic_with_200() {
     let h = harness().await;
     let reply = h
-        .send(
-            "POST",
+        .post(
             "/api/v1/validate",
-            Some(&h.alice),
-            Some(&json!({ "recipe": GOOD }).to_string()),
+            &h.alice,
+            &json!({ "recipe": GOOD }).to_string(),
         )
         .await;
     assert_eq!(
@@ -1157,11 +1055,10 @@ async fn validate_returns_every_diagnostic_with_200() {
 
     let source = "name: hello\ndescription: x\nversion: one\nsteps:\n  - id: a\n    type: recipe\n    recipe: missing.yaml\n";
     let reply = h
-        .send(
-            "POST",
+        .post(
             "/api/v1/validate",
-            Some(&h.alice),
-            Some(&json!({ "recipe": source }).to_string()),
+            &h.alice,
+            &json!({ "recipe": source }).to_string(),
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -1177,50 +1074,28 @@ async fn validate_returns_every_diagnostic_with_200() {
     // The same sub-recipe, submitted as a file, resolves.
     let body = json!({ "recipe": source.replace("version: one", "version: 1.0.0"), "files": { "missing.yaml": GOOD } });
     let reply = h
-        .send(
-            "POST",
-            "/api/v1/validate",
-            Some(&h.alice),
-            Some(&body.to_string()),
-        )
+        .post("/api/v1/validate", &h.alice, &body.to_string())
         .await;
     assert_eq!(reply.json(), json!({ "valid": true, "diagnostics": [] }));
     // Gallery recipes resolve as sub-recipes.
     let body = json!({ "recipe": source.replace("version: one", "version: 1.0.0").replace("missing.yaml", "lib-word-stats.yaml") });
     let reply = h
-        .send(
-            "POST",
-            "/api/v1/validate",
-            Some(&h.alice),
-            Some(&body.to_string()),
-        )
+        .post("/api/v1/validate", &h.alice, &body.to_string())
         .await;
     assert_eq!(reply.json()["valid"], true, "{}", reply.json());
 
     let reply = h
-        .send(
-            "POST",
+        .post(
             "/api/v1/validate",
-            Some(&h.alice),
-            Some(&json!({ "recipe": "x".repeat(5000) }).to_string()),
+            &h.alice,
+            &json!({ "recipe": "x".repeat(5000) }).to_string(),
         )
         .await;
-    assert_eq!(
-        (reply.status, reply.error_code().as_str()),
-        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
-    );
+    reply.assert_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
     let reply = h
-        .send(
-            "POST",
-            "/api/v1/validate",
-            Some(&h.alice),
-            Some("{\"recipe\": 1}"),
-        )
+        .post("/api/v1/validate", &h.alice, "{\"recipe\": 1}")
         .await;
-    assert_eq!(
-        (reply.status, reply.error_code().as_str()),
-        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field")
-    );
+    reply.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
 }
 
 // ---------------------------------------------------------------- WebSocket stream, real socket
@@ -1468,17 +1343,9 @@ async fn stream_refuses_before_upgrading() {
     }
     // A plain GET (no upgrade) gets a JSON 426.
     let reply = h
-        .send(
-            "GET",
-            &format!("/api/v1/executions/{id}/stream"),
-            Some(&h.alice),
-            None,
-        )
+        .get(&format!("/api/v1/executions/{id}/stream"), &h.alice)
         .await;
-    assert_eq!(
-        (reply.status, reply.error_code().as_str()),
-        (StatusCode::UPGRADE_REQUIRED, "websocket_required")
-    );
+    reply.assert_error(StatusCode::UPGRADE_REQUIRED, "websocket_required");
 }
 
 #[tokio::test]

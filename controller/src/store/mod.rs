@@ -665,33 +665,13 @@ impl Store {
     }
 }
 
-/// Checks an artifact name: a relative path of safe segments, used only as a key.
+/// Checks an artifact name with the protocol's rules (a safe relative path).
+/// Names are only keys here, never host paths, but the same rule holds everywhere.
 pub fn check_artifact_name(name: &str) -> Result<(), StoreError> {
-    let reject = |reason: &str| {
-        Err(StoreError::InvalidArtifactName {
-            name: name.to_string(),
-            reason: reason.to_string(),
-        })
-    };
-    if name.is_empty() || name.len() > 255 {
-        return reject("must be 1-255 bytes");
-    }
-    if name.starts_with('/') {
-        return reject("must be relative");
-    }
-    if name
-        .chars()
-        .any(|c| c.is_control() || c == '"' || c == '\\')
-    {
-        return reject("must not contain control characters, quotes or backslashes");
-    }
-    if name
-        .split('/')
-        .any(|segment| segment.is_empty() || segment == "." || segment == "..")
-    {
-        return reject("must not contain empty, `.` or `..` segments");
-    }
-    Ok(())
+    protocol::validate_artifact_name(name).map_err(|err| StoreError::InvalidArtifactName {
+        name: name.to_string(),
+        reason: err.to_string(),
+    })
 }
 
 #[cfg(test)]

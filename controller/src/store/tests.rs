@@ -525,7 +525,8 @@ async fn artifacts_are_bounded_and_named_safely() {
         "../x",
         "a//b",
         "a/./b",
-        "quo\"te",
+        "c:/x",
+        "back\\slash",
         "new\nline",
     ] {
         let result = t.store.put_artifact(&ex.id, bad, b"x").await;
