@@ -782,3 +782,109 @@ async fn a_missing_token_exits_66_and_an_invalid_recipe_fails_cleanly() {
         other => panic!("expected done, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn approval_gates_and_model_calls_go_through_the_controller() {
+    let recipe = r#"
+name: gate-and-model
+description: test
+version: 1.0.0
+stages:
+  - name: ask
+    steps:
+      - id: think
+        agent: helper
+        prompt: "say hi"
+        output: answer
+    approval:
+      required: true
+      prompt: "ship {{answer}}?"
+      timeout: 60
+      default: deny
+  - name: use
+    steps:
+      - id: echo
+        type: bash
+        env:
+          ANSWER: "{{answer}}"
+          MESSAGE: "{{_approval_message}}"
+        command: echo "$ANSWER/$MESSAGE"
+"#;
+    let harness = Harness::start(&["--no-drop"]).await;
+    let mut conn = harness.accept().await;
+    conn.handshake(&job(recipe)).await;
+    let mut requests = Vec::new();
+    let messages = conn
+        .run_to_done(|message| match message {
+            AgentMessage::ModelRequest(request) => {
+                requests.push(format!(
+                    "model:{}:{}:{}",
+                    request.step_id, request.agent, request.messages[0].content
+                ));
+                Some(ControllerMessage::ModelResponse(protocol::ModelResponse {
+                    request_id: request.request_id,
+                    body: protocol::ModelResponseBody::Completed {
+                        text: "hi there".to_string(),
+                        provider: "test".to_string(),
+                        model: "test-1".to_string(),
+                        usage: protocol::ModelUsage::default(),
+                        finish_reason: None,
+                    },
+                }))
+            }
+            AgentMessage::ApprovalRequest(request) => {
+                requests.push(format!(
+                    "approval:{}:{}:{:?}",
+                    request.stage, request.prompt, request.default
+                ));
+                Some(ControllerMessage::ApprovalDecision(
+                    protocol::ApprovalDecision {
+                        request_id: request.request_id,
+                        decision: protocol::ApprovalChoice::Approve,
+                        by: "alice".to_string(),
+                        message: Some("go".to_string()),
+                    },
+                ))
+            }
+            _ => None,
+        })
+        .await;
+    drop(conn);
+    assert_eq!(
+        requests,
+        [
+            "model:think:helper:say hi",
+            "approval:ask:ship hi there?:Deny"
+        ]
+    );
+    assert_eq!(output_of(&messages, "echo", "stdout"), "hi there/go\n");
+    assert_eq!(done_status(&messages), FinalStatus::Succeeded);
+    assert_eq!(harness.exit().await.0, 0);
+}
+
+#[tokio::test]
+async fn orphaned_grandchildren_are_reaped() {
+    // Catalogue case 12: 40 orphans; the agent (subreaper here, PID 1 in a
+    // container) reaps them all, so none is left as a zombie.
+    let recipe = r#"
+name: zombies
+description: test
+version: 1.0.0
+steps:
+  - id: orphans
+    type: bash
+    command: |
+      agent=$PPID
+      for i in $(seq 40); do sh -c 'sleep 0.2 &'; done
+      sleep 1.5
+      n=0
+      for stat in /proc/[0-9]*/stat; do
+        set -- $(sed 's/.*) //' "$stat" 2>/dev/null)
+        if [ "$1" = Z ] && [ "$2" = "$agent" ]; then n=$((n + 1)); fi
+      done
+      echo "zombies $n"
+"#;
+    let messages = run_to_done_unprivileged(&job(recipe)).await;
+    assert_eq!(output_of(&messages, "orphans", "stdout"), "zombies 0\n");
+    assert_eq!(done_status(&messages), FinalStatus::Succeeded);
+}
