@@ -67,8 +67,14 @@ impl Decoder {
 
     fn take_usage(&mut self, usage: Option<&Value>) {
         let Some(usage) = usage else { return };
+        // Prompt caching bills cache writes and reads as input too; a budget
+        // on input tokens counts all of them.
         if let Some(input) = usage.get("input_tokens").and_then(Value::as_u64) {
-            self.input_tokens = Some(input);
+            let cached: u64 = ["cache_creation_input_tokens", "cache_read_input_tokens"]
+                .iter()
+                .filter_map(|key| usage.get(*key).and_then(Value::as_u64))
+                .fold(0, u64::saturating_add);
+            self.input_tokens = Some(input.saturating_add(cached));
         }
         if let Some(output) = usage.get("output_tokens").and_then(Value::as_u64) {
             self.output_tokens = Some(output);
@@ -174,3 +180,7 @@ impl StreamDecoder for Decoder {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "anthropic_tests.rs"]
+mod tests;

@@ -15,6 +15,7 @@ pub mod anthropic;
 pub mod budget;
 pub mod client;
 pub mod config;
+pub mod live;
 pub mod openai;
 pub mod profiles;
 pub mod resolve;
@@ -29,6 +30,7 @@ pub use client::{
     Usage,
 };
 pub use config::{ApiKey, GatewayConfig, ProviderConfig, ProviderKind};
+pub use live::ChunkBatcher;
 pub use profiles::{AgentProfile, AgentProfiles};
 pub use resolve::{Resolution, ResolveError, ResolveInput, StepSelection, resolve};
 pub use retry::{RetryClock, RetryPolicy, TokioRetryClock};

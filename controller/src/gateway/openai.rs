@@ -155,3 +155,7 @@ impl StreamDecoder for Decoder {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "openai_tests.rs"]
+mod tests;
