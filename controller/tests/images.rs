@@ -438,7 +438,13 @@ async fn minimal_image_is_under_5_mb_and_reused_when_unchanged() {
     let inspected = docker.inspect_image(&first.tag).await.unwrap();
     assert_eq!(inspected.id.as_deref(), Some(first.id.as_str()));
     let size = inspected.size.unwrap();
-    assert!(size < 5_000_000, "kiln-minimal is {size} bytes");
+    let agent_bytes = std::fs::metadata(agent_binary()).unwrap().len();
+    assert!(
+        size < 5_000_000,
+        "kiln-minimal is {size} bytes, of which the agent is {agent_bytes}: busybox takes 2.0 MB, \
+         so the agent must stay under ~3.0 MB (measured: opt-level=\"s\", lto=\"fat\", \
+         codegen-units=1, strip=\"symbols\" give 2.57 MB; see runtime-image/README.md)"
+    );
     let labels = inspected.config.unwrap().labels.unwrap();
     assert_eq!(labels.get(INPUTS_HASH_LABEL), Some(&first.inputs_hash));
     assert_eq!(
