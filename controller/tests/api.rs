@@ -278,7 +278,8 @@ async fn every_api_route_needs_a_valid_bearer_token() {
         ("GET", "/api/v1/executions/ex_x/artifacts/out/a.txt"),
         ("POST", "/api/v1/validate"),
     ];
-    let tampered = format!("{}0", &h.alice[..h.alice.len() - 1]);
+    let last = if h.alice.ends_with('0') { "1" } else { "0" };
+    let tampered = format!("{}{last}", &h.alice[..h.alice.len() - 1]);
     for (method, uri) in routes {
         for token in [None, Some("wrong"), Some(tampered.as_str()), Some("")] {
             let reply = h.send(method, uri, token, Some("{}")).await;
@@ -542,6 +543,8 @@ async fn unknown_ids_routes_and_methods_are_precise() {
         .send("DELETE", "/api/v1/executions", Some(&h.alice), None)
         .await;
     reply.assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    let reply = h.get("/api/v1/executions/%FF", &h.alice).await;
+    reply.assert_error(StatusCode::BAD_REQUEST, "invalid_path");
     let reply = h.get("/api/v1/executions?limit=many", &h.alice).await;
     reply.assert_error(StatusCode::BAD_REQUEST, "invalid_query");
     let reply = h.get("/api/v1/executions?status=done", &h.alice).await;

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
+use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{Path, State};
 use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
 use axum::http::{HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiQuery, Caller};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
 use super::{AppState, stream};
 use crate::intake::{self, FileDiagnostic, Submission};
 use crate::launcher::{ApprovalError, CancelOutcome, Decision};
@@ -354,7 +354,7 @@ pub async fn list(
 pub async fn get_one(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ExecutionView>, ApiError> {
     let execution = visible(&state, &caller, &id).await?;
     let approvals = state.store().list_approvals(&id).await?;
@@ -372,7 +372,7 @@ pub async fn get_one(
 pub async fn events(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> Result<Json<EventsPage>, ApiError> {
     // Status first: if it is final, every event is already stored.
@@ -394,7 +394,7 @@ pub async fn events(
 pub async fn stream(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<StreamQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -415,7 +415,7 @@ pub async fn stream(
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let execution = visible(&state, &caller, &id).await?;
     if execution.status.is_final() {
@@ -469,7 +469,7 @@ async fn current_status(state: &AppState, id: &str) -> Result<ExecutionStatus, A
 pub async fn decide_approval(
     State(state): State<AppState>,
     caller: Caller,
-    Path((id, stage)): Path<(String, String)>,
+    ApiPath((id, stage)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<ApprovalBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if body
@@ -559,7 +559,7 @@ fn already_decided(id: &str, stage: &str, decision: ApprovalDecision) -> ApiErro
 pub async fn list_artifacts(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     visible(&state, &caller, &id).await?;
     let artifacts = state.store().list_artifacts(&id).await?;
@@ -581,7 +581,7 @@ pub async fn list_artifacts(
 pub async fn get_artifact(
     State(state): State<AppState>,
     caller: Caller,
-    Path((id, name)): Path<(String, String)>,
+    ApiPath((id, name)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
     visible(&state, &caller, &id).await?;
     let Some((info, content)) = state.store().get_artifact(&id, &name).await? else {

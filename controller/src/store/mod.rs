@@ -33,6 +33,11 @@ pub const MAX_PAGE_LIMIT: u32 = 1000;
 pub enum StoreError {
     #[error("cannot open database {path}: {source}")]
     Open { path: String, source: sqlx::Error },
+    #[error("cannot create data directory {path}: {source}")]
+    CreateDataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot apply migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]

@@ -64,6 +64,12 @@ impl SqliteStore {
             path: path.display().to_string(),
             source,
         };
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDataDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -100,7 +106,11 @@ impl SqliteStore {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
-        Ok((result.rows_affected() == 1).then_some(token))
+        if result.rows_affected() == 0 {
+            return Ok(None);
+        }
+        self.audit_token_created(&id, "admin", true).await?;
+        Ok(Some(token))
     }
 
     pub async fn create_token(
@@ -120,6 +130,7 @@ impl SqliteStore {
         .bind(created_at_ms)
         .execute(&self.pool)
         .await?;
+        self.audit_token_created(&id, name, is_admin).await?;
         Ok(CreatedToken {
             info: TokenInfo {
                 id,
@@ -129,6 +140,24 @@ impl SqliteStore {
             },
             token,
         })
+    }
+
+    /// Every token creation is audited by the store itself, whoever asked for it.
+    async fn audit_token_created(
+        &self,
+        id: &str,
+        name: &str,
+        is_admin: bool,
+    ) -> Result<(), StoreError> {
+        let detail =
+            serde_json::json!({ "token_id": id, "name": name, "is_admin": is_admin }).to_string();
+        self.audit(&AuditEntry {
+            actor: "kiln".to_string(),
+            action: "token_created".to_string(),
+            execution_id: None,
+            detail,
+        })
+        .await
     }
 
     pub async fn verify_token(&self, presented: &str) -> Result<Option<TokenInfo>, StoreError> {

@@ -15,7 +15,8 @@ struct TestStore {
 
 async fn fresh() -> TestStore {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(&dir.path().join("kiln.db"), 1024)
+    // A data directory that does not exist yet is created.
+    let store = Store::open_sqlite(&dir.path().join("data/kiln.db"), 1024)
         .await
         .unwrap();
     TestStore { store, _dir: dir }
@@ -417,6 +418,15 @@ async fn tokens_verify_only_with_the_exact_secret() {
     let info = t.store.verify_token(&admin).await.unwrap().unwrap();
     assert!(info.is_admin);
     let user = t.store.create_token("ci", false).await.unwrap();
+    let audit = t.store.list_audit(None, 10).await.unwrap();
+    let created: Vec<_> = audit
+        .iter()
+        .map(|entry| (entry.action.as_str(), entry.detail.contains(&user.info.id)))
+        .collect();
+    assert_eq!(
+        created,
+        vec![("token_created", true), ("token_created", false)]
+    );
     assert_eq!(
         t.store.verify_token(&user.token).await.unwrap(),
         Some(user.info.clone())
