@@ -143,7 +143,8 @@ pub enum Admission {
 /// The result of waiting for one incoming connection.
 pub enum Accepted {
     Connected {
-        connection: AgentConnection,
+        /// Boxed: a WebSocket is large next to a rejection.
+        connection: Box<AgentConnection>,
         admission: Admission,
         /// SHA-256 (hex) of the new session key: persist it.
         session_sha256: String,
@@ -428,7 +429,7 @@ impl LinkEndpoint {
         }
         self.session_sha256 = Some(session_sha256.clone());
         Accepted::Connected {
-            connection,
+            connection: Box::new(connection),
             admission,
             session_sha256,
         }

@@ -464,9 +464,10 @@ impl Launcher {
         }
     }
 
-    /// The last steps of every execution, in this order: usage event,
-    /// `finished` event, final status in the store, container and socket
-    /// directory removed, watchers released.
+    /// The last steps of every execution, in this order: container and
+    /// socket directory removed (usage was sampled before), usage event,
+    /// `finished` event, final status in the store, watchers released. So a
+    /// final status always means the sandbox is gone.
     async fn finalize(
         &self,
         execution_id: &str,
@@ -475,6 +476,13 @@ impl Launcher {
         exit: Option<&ExitReport>,
         handle: Option<&ContainerHandle>,
     ) {
+        if let Some(handle) = handle {
+            self.remove_container(handle).await;
+        }
+        if let Err(error) = agent_link::remove_socket_dir(&self.config.server.run_dir, execution_id)
+        {
+            tracing::warn!(%error, "cannot remove the socket directory (the reaper will)");
+        }
         let output_cap = self
             .config
             .sandbox
@@ -518,13 +526,6 @@ impl Launcher {
         {
             Ok(_) => tracing::info!(status = status.as_str(), "execution finished"),
             Err(error) => tracing::error!(%error, "cannot store the final status"),
-        }
-        if let Some(handle) = handle {
-            self.remove_container(handle).await;
-        }
-        if let Err(error) = agent_link::remove_socket_dir(&self.config.server.run_dir, execution_id)
-        {
-            tracing::warn!(%error, "cannot remove the socket directory (the reaper will)");
         }
         self.hub.finish(execution_id);
     }

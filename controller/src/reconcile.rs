@@ -149,6 +149,15 @@ async fn decide(launcher: &Launcher, execution: &Execution) -> Decision {
 
 async fn finish(launcher: &Launcher, execution: &Execution, status: FinalStatus, detail: &str) {
     tracing::info!(execution_id = %execution.id, status = status.as_str(), %detail, "reconciled");
+    if let Some(container_id) = &execution.container_id {
+        let handle = ContainerHandle {
+            execution_id: execution.id.clone(),
+            container_id: container_id.clone(),
+        };
+        if let Err(error) = launcher.sandbox.remove(&handle).await {
+            tracing::warn!(%error, "cannot remove the container (the reaper will)");
+        }
+    }
     match Relay::open(
         launcher.store.clone(),
         launcher.hub.clone(),
@@ -174,15 +183,6 @@ async fn finish(launcher: &Launcher, execution: &Execution, status: FinalStatus,
         .await
     {
         tracing::error!(%error, "cannot store the final status");
-    }
-    if let Some(container_id) = &execution.container_id {
-        let handle = ContainerHandle {
-            execution_id: execution.id.clone(),
-            container_id: container_id.clone(),
-        };
-        if let Err(error) = launcher.sandbox.remove(&handle).await {
-            tracing::warn!(%error, "cannot remove the container (the reaper will)");
-        }
     }
     launcher.hub.finish(&execution.id);
 }

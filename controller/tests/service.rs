@@ -62,7 +62,7 @@ fn serve(mut endpoint: LinkEndpoint, run_dir: std::sync::Arc<tempfile::TempDir>)
                     ..
                 } => {
                     let _ = report.send(Seen::Connected(admission));
-                    relay_messages(connection, &report).await;
+                    relay_messages(*connection, &report).await;
                 }
             }
         }
@@ -685,4 +685,403 @@ async fn final_status_is_immutable_and_reconcile_leaves_it_alone() {
         .unwrap()
         .unwrap();
     assert_eq!(execution.status, ExecutionStatus::Succeeded);
+}
+
+// ---------------------------------------------------- end to end (Docker)
+//
+// A real controller (the same `serve::start` as `kiln serve`), real dockerd,
+// the real agent in `kiln-minimal`. Each test uses its own data dir, so its
+// own `kiln.instance` label; every container is checked gone at the end.
+
+use std::sync::Arc;
+
+use controller::config::Config;
+use controller::launcher::CancelOutcome;
+use controller::serve::{self, Controller};
+use tokio_util::sync::CancellationToken;
+
+const THREE_STEPS: &str = r#"name: three-steps
+description: Three bash steps.
+version: 1.0.0
+steps:
+  - id: one
+    type: bash
+    command: echo one
+  - id: two
+    type: bash
+    command: echo two >&2
+  - id: three
+    type: bash
+    command: printf three
+"#;
+
+const SLEEPER: &str = r#"name: sleeper
+description: A step that sleeps long enough to be cancelled or outlive a restart.
+version: 1.0.0
+steps:
+  - id: first
+    type: bash
+    command: echo first
+  - id: nap
+    type: bash
+    command: sleep SECONDS; echo awake
+"#;
+
+struct Embedded {
+    controller: Controller,
+    shutdown: CancellationToken,
+}
+
+/// The kiln-minimal image built from THIS tree's agent, by its content tag
+/// (`:latest` may point at another build on a shared machine).
+async fn minimal_image() -> String {
+    static IMAGE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    IMAGE
+        .get_or_init(|| async {
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let agent = workspace.join("target/x86_64-unknown-linux-gnu/release/kiln-agent");
+            assert!(
+                agent.exists(),
+                "build the agent first: RUSTFLAGS='-C target-feature=+crt-static' cargo build -p sandbox-agent --release --target x86_64-unknown-linux-gnu"
+            );
+            let sandbox = controller::sandbox::Sandbox::connect()
+                .await
+                .expect("dockerd is reachable");
+            let inputs = controller::sandbox::image::ImageInputs::new(agent, workspace.join("runtime-image"));
+            controller::sandbox::image::ensure_image(
+                sandbox.docker(),
+                controller::sandbox::image::ImageKind::Minimal,
+                &inputs,
+            )
+            .await
+            .expect("kiln-minimal builds")
+            .tag
+        })
+        .await
+        .clone()
+}
+
+async fn test_config(root: &Path) -> Arc<Config> {
+    let mut config = Config::load(None, &std::collections::BTreeMap::new()).unwrap();
+    config.server.data_dir = root.join("data");
+    config.server.run_dir = root.join("run");
+    let image = minimal_image().await;
+    for class in config.sandbox.classes.values_mut() {
+        class.image = image.clone();
+    }
+    Arc::new(config)
+}
+
+async fn start_embedded(root: &Path) -> Embedded {
+    controller::cli::init_tracing(true);
+    let shutdown = CancellationToken::new();
+    let controller = serve::start(test_config(root).await, shutdown.clone())
+        .await
+        .expect("the controller starts (needs dockerd and the kiln-minimal image)");
+    Embedded {
+        controller,
+        shutdown,
+    }
+}
+
+impl Embedded {
+    async fn submit(&self, recipe: &str) -> String {
+        let store = &self.controller.launcher.store;
+        let token = store.create_token("e2e", true).await.unwrap();
+        let execution = store
+            .create_execution(NewExecution {
+                owner_token_id: token.info.id,
+                recipe_source: recipe.to_owned(),
+                gallery_name: None,
+                inputs: serde_json::Map::new(),
+                files: std::collections::BTreeMap::new(),
+                class: "default".to_owned(),
+            })
+            .await
+            .unwrap();
+        self.controller.launcher.control.wake();
+        execution.id
+    }
+
+    async fn wait_for_event(&self, execution_id: &str, kind: &str, step_id: &str) {
+        for _ in 0..600 {
+            let events = self
+                .controller
+                .launcher
+                .store
+                .events_after(execution_id, 0, 1000)
+                .await
+                .unwrap();
+            let found = events.iter().any(|event| {
+                let body = serde_json::to_value(&event.body).unwrap();
+                body["event"]["type"] == kind && body["event"]["step_id"] == step_id
+            });
+            if found {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no {kind} event for step {step_id}");
+    }
+
+    async fn wait_final(&self, execution_id: &str) -> ExecutionStatus {
+        for _ in 0..1200 {
+            let execution = self
+                .controller
+                .launcher
+                .store
+                .get_execution(execution_id, None)
+                .await
+                .unwrap()
+                .unwrap();
+            if execution.status.is_final() {
+                return execution.status;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("execution {execution_id} did not finish");
+    }
+
+    async fn n_containers(&self) -> usize {
+        let launcher = &self.controller.launcher;
+        launcher
+            .sandbox
+            .list_labelled(&launcher.instance)
+            .await
+            .unwrap()
+            .len()
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        serve::drain(&self.controller.tasks).await;
+    }
+}
+
+/// Removes every container of the test's instance even when the test fails.
+struct ContainerGuard {
+    instance: String,
+}
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        let ids = std::process::Command::new("docker")
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label=kiln.instance={}", self.instance))
+            .output()
+            .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+            .unwrap_or_default();
+        for id in ids.split_whitespace() {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", id])
+                .output();
+        }
+    }
+}
+
+async fn all_events(embedded: &Embedded, execution_id: &str) -> Vec<ExecutionEvent> {
+    embedded
+        .controller
+        .launcher
+        .store
+        .events_after(execution_id, 0, 1000)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_bash_steps_give_the_exact_event_sequence() {
+    let root = tempfile::tempdir().unwrap();
+    let embedded = start_embedded(root.path()).await;
+    let _guard = ContainerGuard {
+        instance: embedded.controller.launcher.instance.clone(),
+    };
+    let execution_id = embedded.submit(THREE_STEPS).await;
+    assert_eq!(
+        embedded.wait_final(&execution_id).await,
+        ExecutionStatus::Succeeded
+    );
+    let events = all_events(&embedded, &execution_id).await;
+    let expected: Vec<(u64, String)> = [
+        "controller/queued",
+        "controller/container_started",
+        "controller/agent_connected",
+        "sandbox/agent_started",
+        "engine/execution_started",
+        "engine/step_started",
+        "engine/step_output",
+        "engine/step_completed",
+        "engine/step_started",
+        "engine/step_output",
+        "engine/step_completed",
+        "engine/step_started",
+        "engine/step_output",
+        "engine/step_completed",
+        "engine/execution_completed",
+        "sandbox/resource_usage",
+        "controller/finished",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(idx, kind)| (idx as u64 + 1, (*kind).to_owned()))
+    .collect();
+    assert_eq!(kinds(&events), expected);
+    let outputs: Vec<(String, String, String)> = events
+        .iter()
+        .filter_map(|event| {
+            let body = serde_json::to_value(&event.body).unwrap();
+            (body["event"]["type"] == "step_output").then(|| {
+                (
+                    body["event"]["step_id"].as_str().unwrap().to_owned(),
+                    body["event"]["stream"].as_str().unwrap().to_owned(),
+                    body["event"]["text"].as_str().unwrap().to_owned(),
+                )
+            })
+        })
+        .collect();
+    assert_eq!(
+        outputs,
+        vec![
+            ("one".into(), "stdout".into(), "one\n".into()),
+            ("two".into(), "stderr".into(), "two\n".into()),
+            ("three".into(), "stdout".into(), "three".into()),
+        ]
+    );
+    let finished = serde_json::to_value(&events.last().unwrap().body).unwrap();
+    assert_eq!(finished["event"]["status"], "succeeded");
+    assert_eq!(embedded.n_containers().await, 0);
+    assert!(!root.path().join("run").join(&execution_id).exists());
+    embedded.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_mid_step_gives_cancelled_and_removes_the_container() {
+    let root = tempfile::tempdir().unwrap();
+    let embedded = start_embedded(root.path()).await;
+    let _guard = ContainerGuard {
+        instance: embedded.controller.launcher.instance.clone(),
+    };
+    let execution_id = embedded.submit(&SLEEPER.replace("SECONDS", "60")).await;
+    embedded
+        .wait_for_event(&execution_id, "step_started", "nap")
+        .await;
+    assert_eq!(
+        embedded
+            .controller
+            .launcher
+            .control
+            .cancel(&execution_id)
+            .await,
+        CancelOutcome::Signalled
+    );
+    assert_eq!(
+        embedded.wait_final(&execution_id).await,
+        ExecutionStatus::Cancelled
+    );
+    let events = all_events(&embedded, &execution_id).await;
+    let kinds = kinds(&events);
+    assert!(
+        kinds
+            .iter()
+            .any(|(_, kind)| kind == "controller/cancel_requested")
+    );
+    assert_eq!(kinds.last().unwrap().1, "controller/finished");
+    assert!(!kinds.iter().any(|(_, kind)| kind == "engine/step_output"
+        && serde_json::to_value(&events[0].body).unwrap()["event"]["text"] == "awake\n"));
+    assert_eq!(embedded.n_containers().await, 0);
+    embedded.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_takes_the_agent_back_without_gap_or_duplicate() {
+    let root = tempfile::tempdir().unwrap();
+    let first = start_embedded(root.path()).await;
+    let _guard = ContainerGuard {
+        instance: first.controller.launcher.instance.clone(),
+    };
+    let execution_id = first.submit(&SLEEPER.replace("SECONDS", "4")).await;
+    first
+        .wait_for_event(&execution_id, "step_started", "nap")
+        .await;
+    first.stop().await;
+
+    // The container outlived its controller.
+    let second = start_embedded(root.path()).await;
+    assert_eq!(
+        second.controller.reconciled.taken_back,
+        vec![execution_id.clone()]
+    );
+    assert_eq!(
+        second.wait_final(&execution_id).await,
+        ExecutionStatus::Succeeded
+    );
+    let events = all_events(&second, &execution_id).await;
+    let seqs: Vec<u64> = events.iter().map(|event| event.seq).collect();
+    assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<u64>>());
+    let kinds = kinds(&events);
+    let count = |wanted: &str| kinds.iter().filter(|(_, kind)| kind == wanted).count();
+    assert_eq!(count("engine/step_started"), 2);
+    assert_eq!(count("engine/step_completed"), 2);
+    assert_eq!(count("engine/execution_completed"), 1);
+    assert_eq!(count("controller/agent_connected"), 2);
+    assert_eq!(count("sandbox/agent_reconnected"), 1);
+    assert_eq!(kinds.last().unwrap().1, "controller/finished");
+    assert_eq!(second.n_containers().await, 0);
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_finishes_a_running_execution_whose_container_is_gone() {
+    let root = tempfile::tempdir().unwrap();
+    let first = start_embedded(root.path()).await;
+    let _guard = ContainerGuard {
+        instance: first.controller.launcher.instance.clone(),
+    };
+    let execution_id = first.submit(&SLEEPER.replace("SECONDS", "60")).await;
+    first
+        .wait_for_event(&execution_id, "step_started", "nap")
+        .await;
+    let container_id = first
+        .controller
+        .launcher
+        .store
+        .get_execution(&execution_id, None)
+        .await
+        .unwrap()
+        .unwrap()
+        .container_id
+        .unwrap();
+    first.stop().await;
+    // Simulate the container dying while no controller runs.
+    let removed = std::process::Command::new("docker")
+        .args(["rm", "-f", &container_id])
+        .output()
+        .unwrap();
+    assert!(removed.status.success());
+
+    let second = start_embedded(root.path()).await;
+    assert_eq!(
+        second.controller.reconciled.finished,
+        vec![(execution_id.clone(), FinalStatus::AgentLost)]
+    );
+    let execution = second
+        .controller
+        .launcher
+        .store
+        .get_execution(&execution_id, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(execution.status, ExecutionStatus::AgentLost);
+    assert_eq!(
+        execution.status_detail.as_deref(),
+        Some("the container disappeared while the controller was down")
+    );
+    // The socket directory was an orphan and is gone.
+    assert_eq!(second.controller.reconciled.n_socket_dirs_reaped, 1);
+    second.stop().await;
+    // A third start changes nothing: final statuses are final.
+    let third = start_embedded(root.path()).await;
+    assert!(third.controller.reconciled.finished.is_empty());
+    third.stop().await;
 }

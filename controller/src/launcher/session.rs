@@ -293,7 +293,7 @@ impl Session {
             .record_agent_session(self.execution_id(), &session_sha256)
             .await
             .map_err(store_error)?;
-        self.connection = Some(connection);
+        self.connection = Some(*connection);
         self.last_heard = Instant::now();
         tracing::info!(?admission, "agent connected");
         if admission == Admission::Fresh
