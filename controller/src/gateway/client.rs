@@ -392,7 +392,7 @@ impl ProviderClient {
                 .headers()
                 .get(RETRY_AFTER)
                 .and_then(|value| value.to_str().ok())
-                .and_then(parse_retry_after);
+                .and_then(|value| parse_retry_after(value, std::time::SystemTime::now()));
             return ProviderError::RateLimited { retry_after };
         }
         if status >= 500 {
@@ -433,10 +433,15 @@ impl ProviderClient {
     }
 }
 
-/// `Retry-After` as delta-seconds (an HTTP date is ignored: the computed
-/// backoff applies instead).
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+/// `Retry-After` as delta-seconds or an HTTP date (relative to `now`; a
+/// date in the past means "now").
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {
@@ -456,3 +461,7 @@ pub(crate) fn parse_event_json(event: &SseEvent) -> Result<serde_json::Value, Pr
         detail: format!("event data is not json: {err}"),
     })
 }
+
+#[cfg(test)]
+#[path = "client_tests.rs"]
+mod tests;
