@@ -666,15 +666,20 @@ async fn pids_limit_hits_are_counted() {
     assert!(usage.pids_limit_hits >= 1, "{usage:?}");
 }
 
-/// runsc with the pids limit sized from measurement runs an ordinary
-/// pipeline (Debian's 2022 runsc panics with exit 2 at `--pids-limit 64`).
+/// runsc with the pids limit sized from measurement (a configured 64 is
+/// raised to 512 host tasks) runs an ordinary pipeline next to ten background
+/// processes; Debian's 2022 runsc panics with exit 2 on this at 64 and 128.
 #[tokio::test]
 async fn runsc_runs_a_pipeline_at_the_chosen_pids_limit() {
     let env = TestEnv::new("runsc").await;
     let spec = env.spec("a", Runtime::Runsc, TestEnv::limits(128, 64));
-    let profile = env.test_profile(&spec, "echo a | cat | wc -c");
+    let profile = env.test_profile(
+        &spec,
+        "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 1 & done; echo a | cat | wc -c; wait",
+    );
     let host = profile.body.host_config.as_ref().unwrap();
     assert_eq!(host.runtime.as_deref(), Some("runsc"));
+    assert_eq!(host.pids_limit, Some(512));
     assert_eq!(host.pids_limit, Some(host_pids_limit(Runtime::Runsc, 64)));
     let (handle, report, output) = env.run_capture(&profile, Duration::from_secs(60)).await;
     env.sandbox.remove(&handle).await.unwrap();

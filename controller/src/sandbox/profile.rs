@@ -39,14 +39,15 @@ const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 const MIB: i64 = 1024 * 1024;
 
-/// Host tasks (threads) an idle runsc sandbox uses under Docker's pids cgroup.
-/// Measured here (ptrace platform, 2022-12-19 build): an idle `sh` sandbox
-/// peaked at 60 host tasks (the catalogue saw 43-49 on its run).
-pub const RUNSC_BASE_HOST_TASKS: i64 = 64;
-/// Extra host tasks per guest process under runsc. Measured here: 10, 20 and
-/// 40 background `sleep`s peaked at 170, 255 and 466 host tasks, i.e.
-/// 9.8-11 per guest process; 12 leaves headroom.
-pub const RUNSC_HOST_TASKS_PER_GUEST_PROCESS: i64 = 12;
+/// The lowest `PidsLimit` Kiln gives a runsc sandbox. Under runsc the pids
+/// cgroup counts gVisor's own host threads, not guest processes. Measured
+/// here (ptrace platform, 2022-12-19 build): an idle `sh` sandbox peaked at
+/// 60 host tasks (the catalogue saw 43-49), and 10, 20 and 40 background
+/// `sleep`s peaked at 170, 255 and 466, i.e. ~60 + ~10 per guest process. At
+/// 64 or 128 the Sentry panics (exit 2) on ordinary pipelines (10 background
+/// sleeps panicked at 128 and passed at 192). 512 leaves room for about 45
+/// guest processes; the operator's config may go higher, never lower.
+pub const RUNSC_MIN_PIDS_LIMIT: i64 = 512;
 
 /// Which OCI runtime runs the sandbox. Chosen per execution class by the
 /// operator, never by a recipe.
@@ -79,8 +80,8 @@ pub struct SandboxLimits {
     pub memory_mib: u64,
     /// CPU quota in thousandths of a CPU (1000 = one core).
     pub cpus_milli: u64,
-    /// Process budget. runc: the pids cgroup limit as is. runsc: the guest
-    /// process budget, converted to host tasks by [`host_pids_limit`].
+    /// The pids cgroup limit. runc: processes. runsc: host threads of the
+    /// sandbox (see [`host_pids_limit`]; never below 512).
     pub pids: u64,
     /// Size of the `/work` tmpfs.
     pub work_mib: u64,
@@ -171,25 +172,23 @@ pub fn container_name(execution_id: &str) -> String {
     format!("kiln-{execution_id}")
 }
 
-/// The value for Docker's `PidsLimit` (host tasks in the container's pids
-/// cgroup) for a process budget of `pids`.
+/// The value for Docker's `PidsLimit` (tasks in the container's pids
+/// cgroup) for the operator's configured `pids`.
 ///
-/// runc: the cgroup counts the container's own processes, so the budget is the
-/// limit (a fork bomb then gets EAGAIN: 62 children at limit 64, measured).
+/// runc: the cgroup counts the container's own processes, so the configured
+/// value is the limit (a fork bomb then gets EAGAIN: 62 children at limit 64,
+/// measured).
 ///
-/// runsc (ptrace platform): the cgroup counts gVisor's own host threads, not
-/// guest processes. An idle sandbox already uses ~60, and at 64 or 128 the
-/// Sentry panics (exit 2) on ordinary pipelines instead of failing `fork()`
-/// (measured: 10 background sleeps panic at 128, pass at 192). So the limit
-/// is sized from measurement as base + per-process cost, and acts only as a
-/// host-side backstop: a fork flood under runsc ends in exit 2 or 137, which
-/// the verdict maps to `sandbox_crashed`/`oom`.
+/// runsc: the cgroup counts host threads of the Sentry, so the configured
+/// value (operator config validates it as host tasks, >= 512) is raised to at
+/// least [`RUNSC_MIN_PIDS_LIMIT`]. It is only a host-side backstop: a fork
+/// flood under runsc ends in exit 2 (Sentry panic) or 137 (whole-sandbox
+/// OOM), which the verdict maps to `sandbox_crashed` / `oom`.
 pub fn host_pids_limit(runtime: Runtime, pids: u64) -> i64 {
     let pids = i64::try_from(pids).unwrap_or(i64::MAX);
     match runtime {
         Runtime::Runc => pids,
-        Runtime::Runsc => RUNSC_BASE_HOST_TASKS
-            .saturating_add(pids.saturating_mul(RUNSC_HOST_TASKS_PER_GUEST_PROCESS)),
+        Runtime::Runsc => pids.max(RUNSC_MIN_PIDS_LIMIT),
     }
 }
 

@@ -167,7 +167,7 @@ fn security_fields_one_by_one() {
         assert_eq!(host.nano_cpus, Some(1_000_000_000));
         let expected_pids = match runtime {
             Runtime::Runc => 128,
-            Runtime::Runsc => 64 + 12 * 128,
+            Runtime::Runsc => 512,
         };
         assert_eq!(host.pids_limit, Some(expected_pids));
         let ulimits: Vec<(String, i64, i64)> = host
@@ -209,13 +209,14 @@ fn security_fields_one_by_one() {
 
 #[test]
 fn runsc_pids_limit_is_sized_from_measurement() {
-    // runc: the budget is the cgroup limit.
+    // runc: the configured limit is the cgroup limit.
     assert_eq!(host_pids_limit(Runtime::Runc, 64), 64);
     assert_eq!(host_pids_limit(Runtime::Runc, 256), 256);
-    // runsc: never near the 64/128 host-task range where the Sentry panics.
-    assert_eq!(host_pids_limit(Runtime::Runsc, 0), 64);
-    assert_eq!(host_pids_limit(Runtime::Runsc, 16), 256);
-    assert_eq!(host_pids_limit(Runtime::Runsc, 64), 832);
+    // runsc: never in the 64/128 host-task range where the Sentry panics.
+    assert_eq!(host_pids_limit(Runtime::Runsc, 0), 512);
+    assert_eq!(host_pids_limit(Runtime::Runsc, 128), 512);
+    assert_eq!(host_pids_limit(Runtime::Runsc, 512), 512);
+    assert_eq!(host_pids_limit(Runtime::Runsc, 1024), 1024);
     // Saturates instead of overflowing.
     assert_eq!(host_pids_limit(Runtime::Runsc, u64::MAX), i64::MAX);
     assert_eq!(host_pids_limit(Runtime::Runc, u64::MAX), i64::MAX);
