@@ -1085,3 +1085,131 @@ async fn restart_finishes_a_running_execution_whose_container_is_gone() {
     assert!(third.controller.reconciled.finished.is_empty());
     third.stop().await;
 }
+
+const RELEASE_APPROVAL: &str = include_str!("../../gallery/release-approval.yaml");
+
+impl Embedded {
+    async fn wait_gate(&self, execution_id: &str, stage: &str) {
+        for _ in 0..600 {
+            if self
+                .controller
+                .launcher
+                .control
+                .is_gate_pending(execution_id, stage)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("gate {stage} never opened");
+    }
+}
+
+fn decision(approve: bool, message: Option<&str>) -> controller::launcher::Decision {
+    controller::launcher::Decision {
+        approve,
+        message: message.map(str::to_owned),
+        by: "alice".to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_gate_pauses_and_approve_continues() {
+    let root = tempfile::tempdir().unwrap();
+    let embedded = start_embedded(root.path()).await;
+    let _guard = ContainerGuard {
+        instance: embedded.controller.launcher.instance.clone(),
+    };
+    let execution_id = embedded.submit(RELEASE_APPROVAL).await;
+    embedded.wait_gate(&execution_id, "build").await;
+    let control = &embedded.controller.launcher.control;
+    control
+        .decide_approval(&execution_id, "build", decision(true, Some("ship it")))
+        .await
+        .unwrap();
+    assert!(matches!(
+        control
+            .decide_approval(&execution_id, "build", decision(false, None))
+            .await,
+        Err(controller::launcher::ApprovalError::AlreadyDecided { .. })
+            | Err(controller::launcher::ApprovalError::NotPending { .. })
+    ));
+    assert_eq!(
+        embedded.wait_final(&execution_id).await,
+        ExecutionStatus::Succeeded
+    );
+    let events = all_events(&embedded, &execution_id).await;
+    let published = events.iter().any(|event| {
+        let body = serde_json::to_value(&event.body).unwrap();
+        body["event"]["type"] == "step_output"
+            && body["event"]["text"] == "published 1.4.0 (ship it)\n"
+    });
+    assert!(published);
+    let gate = embedded
+        .controller
+        .launcher
+        .store
+        .get_approval(&execution_id, "build")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(gate.decided_by.as_deref(), Some("alice"));
+    embedded.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_deny_is_final() {
+    let root = tempfile::tempdir().unwrap();
+    let embedded = start_embedded(root.path()).await;
+    let _guard = ContainerGuard {
+        instance: embedded.controller.launcher.instance.clone(),
+    };
+    let execution_id = embedded.submit(RELEASE_APPROVAL).await;
+    embedded.wait_gate(&execution_id, "build").await;
+    let control = &embedded.controller.launcher.control;
+    control
+        .decide_approval(&execution_id, "build", decision(false, Some("not today")))
+        .await
+        .unwrap();
+    assert_eq!(
+        embedded.wait_final(&execution_id).await,
+        ExecutionStatus::Denied
+    );
+    assert!(
+        control
+            .decide_approval(&execution_id, "build", decision(true, None))
+            .await
+            .is_err()
+    );
+    assert_eq!(embedded.n_containers().await, 0);
+    embedded.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_gate_timeout_fires_on_its_own() {
+    let root = tempfile::tempdir().unwrap();
+    let embedded = start_embedded(root.path()).await;
+    let _guard = ContainerGuard {
+        instance: embedded.controller.launcher.instance.clone(),
+    };
+    let recipe = RELEASE_APPROVAL.replace("timeout: 3600", "timeout: 1");
+    let execution_id = embedded.submit(&recipe).await;
+    assert_eq!(
+        embedded.wait_final(&execution_id).await,
+        ExecutionStatus::Denied
+    );
+    let gate = embedded
+        .controller
+        .launcher
+        .store
+        .get_approval(&execution_id, "build")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(gate.decided_by.as_deref(), Some("timeout"));
+    assert_eq!(
+        gate.decision,
+        Some(controller::store::ApprovalDecision::Deny)
+    );
+    embedded.stop().await;
+}
