@@ -22,8 +22,8 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveImageOptionsBuilder, WaitContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, ListImagesOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use controller::sandbox::image::{
     INPUTS_HASH_LABEL, ImageInputs, ImageKind, ImageRef, SECCOMP_PROFILE_JSON, ensure_image,
@@ -861,5 +861,64 @@ async fn under_runsc_the_sentry_answers_instead_of_the_profile() {
             ("syscall_1000", "errno=ENOSYS"),
         ],
         "runsc",
+    );
+}
+
+/// A Dockerfile step that fails surfaces as `BuildFailed`, naming the image
+/// and quoting the builder's message; nothing is tagged.
+#[tokio::test]
+async fn a_failing_build_names_the_image_and_the_cause() {
+    let docker = docker().await;
+    let _guard = BUILD_LOCK.lock().await;
+    let test_label = unique("images-failing");
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = dir.path().join("runtime-image");
+    std::fs::create_dir_all(runtime.join("minimal")).unwrap();
+    for file in ["passwd", "group"] {
+        std::fs::copy(
+            runtime_image_dir().join("minimal").join(file),
+            runtime.join("minimal").join(file),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        runtime.join("minimal/Dockerfile"),
+        format!(
+            "FROM scratch\nLABEL kiln.test={test_label}\nCOPY busybox /bin/busybox\n\
+             RUN [\"/bin/busybox\", \"false\"]\n"
+        ),
+    )
+    .unwrap();
+    let inputs = ImageInputs::new(agent_binary(), &runtime);
+    let hash = controller::sandbox::image::inputs_hash(ImageKind::Minimal, &inputs).unwrap();
+
+    let result = ensure_image(&docker, ImageKind::Minimal, &inputs).await;
+    // The legacy builder keeps the layers of a failed build; they carry the
+    // test label (LABEL comes first), so they can be found and removed.
+    let mut cleanup = Cleanup::default();
+    let filters = HashMap::from([("label".to_owned(), vec![format!("kiln.test={test_label}")])]);
+    let leftovers = docker
+        .list_images(Some(
+            ListImagesOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap();
+    cleanup
+        .images
+        .extend(leftovers.into_iter().map(|image| image.id));
+    let error = result.expect_err("the RUN step fails");
+    let message = error.to_string();
+    assert!(
+        message.starts_with("build image kiln-minimal: ")
+            && message.contains("returned a non-zero code: 1"),
+        "{message}"
+    );
+    let tag = format!("kiln-minimal:{}", &hash[..12]);
+    assert!(
+        docker.inspect_image(&tag).await.is_err(),
+        "{tag} must not exist"
     );
 }

@@ -538,10 +538,13 @@ async fn import_rootfs(
     let mut stream =
         docker.create_image(Some(options), Some(bollard::body_try_stream(chunks)), None);
     while let Some(item) = stream.next().await {
-        let info = item.map_err(|source| ImageError::ImportRootfs {
-            tag: tag.to_owned(),
-            tarball: tarball.to_path_buf(),
-            source,
+        let info = item.map_err(|source| match source {
+            bollard::errors::Error::DockerStreamError { error } => import_failed(error),
+            source => ImageError::ImportRootfs {
+                tag: tag.to_owned(),
+                tarball: tarball.to_path_buf(),
+                source,
+            },
         })?;
         if let Some(detail) = info.error_detail {
             return Err(import_failed(detail.message.unwrap_or_default()));
@@ -595,9 +598,17 @@ async fn build_if_missing(
     let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
     let mut built_id = None;
     while let Some(item) = stream.next().await {
-        let info = item.map_err(|source| ImageError::BuildImage {
-            image: kind,
-            source,
+        let info = item.map_err(|source| match source {
+            // The builder's own failure (a RUN step exiting non-zero, a
+            // missing file): its message is the useful part.
+            bollard::errors::Error::DockerStreamError { error } => ImageError::BuildFailed {
+                image: kind,
+                message: error,
+            },
+            source => ImageError::BuildImage {
+                image: kind,
+                source,
+            },
         })?;
         if let Some(detail) = info.error_detail {
             return Err(ImageError::BuildFailed {
