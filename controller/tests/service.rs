@@ -1213,3 +1213,109 @@ async fn approval_gate_timeout_fires_on_its_own() {
     );
     embedded.stop().await;
 }
+
+// ---------------------------------------------------------------- the CLI
+
+fn kiln() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+    command.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+    command
+}
+
+#[test]
+fn cli_validate_exits_65_on_errors_and_0_on_a_valid_recipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "name: x\nversion: 1.0.0\nsteps:\n  - id: a\n    type: bash\n    timout: 3\n",
+    )
+    .unwrap();
+    let output = kiln().arg("validate").arg(&bad).output().unwrap();
+    assert_eq!(output.status.code(), Some(65));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("unknown-field"), "{text}");
+    assert!(text.contains(":6:5"), "{text}");
+
+    let json = kiln()
+        .args(["validate", "--json"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(json.status.code(), Some(65));
+    let diagnostics: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(
+        diagnostics
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|diagnostic| diagnostic["code"] == "unknown-field" && diagnostic["line"] == 6)
+    );
+
+    let good = kiln()
+        .args(["validate", "gallery/hello-world.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(good.status.code(), Some(0));
+}
+
+#[test]
+fn cli_serve_exits_64_naming_the_key_before_touching_docker() {
+    let output = kiln()
+        .arg("serve")
+        .env("KILN_QUEUE__CONCURENCY", "3")
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("`queue.concurency`"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_run_embedded_mirrors_the_execution_status() {
+    let image = minimal_image().await;
+    let dir = tempfile::tempdir().unwrap();
+    let failing = dir.path().join("failing.yaml");
+    std::fs::write(
+        &failing,
+        "name: failing\ndescription: Fails.\nversion: 1.0.0\nsteps:\n  - id: boom\n    type: bash\n    command: echo before; exit 3\n",
+    )
+    .unwrap();
+    let run = |recipe: std::path::PathBuf| {
+        let image = image.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                kiln()
+                    .args(["run", "--json"])
+                    .arg(recipe)
+                    .env("KILN_SANDBOX__CLASSES__DEFAULT__IMAGE", &image)
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let hello = run(Path::new("gallery/hello-world.yaml").to_path_buf()).await;
+    assert_eq!(
+        hello.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&hello.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&hello.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.last().unwrap()["status"], "succeeded");
+    assert_eq!(lines[0]["body"]["event"]["type"], "queued");
+
+    let failed = run(failing).await;
+    assert_eq!(
+        failed.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
+}
