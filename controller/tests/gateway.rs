@@ -864,3 +864,71 @@ async fn gateway_falls_back_to_the_next_preference_when_a_provider_is_down() {
         }
     );
 }
+
+#[tokio::test]
+async fn gateway_is_shared_by_concurrent_tasks() {
+    let server = TestProvider::start(vec![
+        Script::stream(&["a"], 1, 1),
+        Script::stream(&["b"], 1, 1),
+    ])
+    .await;
+    let gateway = Arc::new(
+        Gateway::new(
+            gateway_config(&server, Budget::default()),
+            AgentProfiles::builtin(),
+            &env(&[("LOCAL_KEY", OPENAI_CANARY)]),
+        )
+        .unwrap(),
+    );
+    let mut tasks = Vec::new();
+    for step in ["one", "two"] {
+        let gateway = Arc::clone(&gateway);
+        tasks.push(tokio::spawn(async move {
+            let input = ResolveInput {
+                agent: "self",
+                messages: vec![ChatMessage {
+                    role: ChatRole::User,
+                    content: step.to_string(),
+                }],
+                selection: StepSelection::default(),
+                agent_config: None,
+                stop: vec![],
+                timeout: None,
+            };
+            let scope = CallScope {
+                user: "carol".into(),
+                execution: "exec-3".into(),
+                step_id: step.into(),
+            };
+            let mut chunks = Vec::new();
+            gateway
+                .call(
+                    &scope,
+                    &input,
+                    &CancellationToken::new(),
+                    &mut |t: &str| chunks.push(t.to_string()),
+                    &mut |_: &RetryNotice| {},
+                )
+                .await
+                .map(|outcome| (outcome.completion.text, chunks))
+        }));
+    }
+    let mut texts = Vec::new();
+    for task in tasks {
+        let (text, chunks) = task.await.unwrap().unwrap();
+        assert_eq!(chunks, vec![text.clone()]);
+        texts.push(text);
+    }
+    texts.sort();
+    assert_eq!(texts, vec!["a", "b"]);
+    let ledger = gateway.ledger().lock().unwrap();
+    assert_eq!(
+        ledger.execution_usage("exec-3"),
+        BudgetUsage {
+            requests: 2,
+            input_tokens: 2,
+            output_tokens: 2
+        }
+    );
+    assert_eq!(ledger.step_usage("exec-3", "one").requests, 1);
+}

@@ -56,7 +56,8 @@ pub enum ProviderKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
-    /// The name recipes use in `provider:` / `provider_preferences`.
+    /// The name recipes use in `provider:` / `provider_preferences`. It has
+    /// no `:`, so it never collides with a `class:<name>` wire entry.
     pub name: String,
     pub kind: ProviderKind,
     /// `http(s)://host[:port][/prefix]`; OpenAI-compatible requests go to
@@ -392,16 +393,13 @@ fn validate_name(name: &str, key: &str) -> Result<(), GatewayConfigError> {
         && name.len() <= 64
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        && !name.starts_with("class");
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
     if is_valid {
         Ok(())
     } else {
         Err(config_error(
             key,
-            format!(
-                "`{name}` is not a provider name (1-64 of [A-Za-z0-9._-], not starting with `class`)"
-            ),
+            format!("`{name}` is not a provider name (1-64 of [A-Za-z0-9._-])"),
         ))
     }
 }

@@ -121,7 +121,7 @@ fn validation_names_the_key() {
             "gateway.providers[1].name",
         ),
         (
-            |c| c.providers[0].name = "class-a".into(),
+            |c| c.providers[0].name = "class:a".into(),
             "gateway.providers[0].name",
         ),
         (
