@@ -1379,3 +1379,24 @@ async fn idle_streams_get_heartbeats_with_the_last_seq() {
     assert_eq!(n_events, 2);
     assert_eq!(heartbeat, StreamMessage::Heartbeat { last_seq: 2 });
 }
+
+#[tokio::test]
+async fn server_shutdown_closes_live_watchers_with_a_resume_point() {
+    let mut h = harness().await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    h.state = h.state.clone().with_shutdown(shutdown.clone());
+    let server = serve(&h).await;
+    let id = h.submit_good().await;
+    h.emit(&id, 1..=3).await;
+    let mut client = connect(&server, &h.alice, &id, None).await;
+    let mut seen = Seen::default();
+    read(&mut client, &mut seen, Some(3)).await;
+    shutdown.cancel();
+    read(&mut client, &mut seen, None).await;
+    assert_eq!(seen.seqs(), vec![1, 2, 3]);
+    assert!(seen.end.is_none());
+    assert_eq!(
+        seen.close,
+        Some((1012, "server stopping; resume with after=3".to_string()))
+    );
+}

@@ -18,6 +18,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use futures::future::BoxFuture;
 use protocol::ExecutionEvent;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::intake::Gallery;
@@ -49,6 +50,8 @@ struct StateInner {
     control: Control,
     gallery: Gallery,
     docker_ready: ReadinessCheck,
+    /// Cancelled when the server stops: live watchers then close with 1012.
+    shutdown: CancellationToken,
 }
 
 impl AppState {
@@ -69,6 +72,25 @@ impl AppState {
                 control,
                 gallery,
                 docker_ready,
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// The same state, whose live WebSocket watchers close with code 1012
+    /// ("server stopping; resume with after=N") when `shutdown` is cancelled.
+    /// (axum's graceful shutdown does not wait for upgraded connections.)
+    pub fn with_shutdown(self, shutdown: CancellationToken) -> AppState {
+        let inner = &self.inner;
+        AppState {
+            inner: Arc::new(StateInner {
+                config: Arc::clone(&inner.config),
+                store: inner.store.clone(),
+                hub: inner.hub.clone(),
+                control: inner.control.clone(),
+                gallery: inner.gallery.clone(),
+                docker_ready: Arc::clone(&inner.docker_ready),
+                shutdown,
             }),
         }
     }
@@ -91,6 +113,10 @@ impl AppState {
 
     pub fn gallery(&self) -> &Gallery {
         &self.inner.gallery
+    }
+
+    fn shutdown(&self) -> &CancellationToken {
+        &self.inner.shutdown
     }
 
     fn shared_config(&self) -> Arc<Config> {

@@ -133,6 +133,7 @@ pub async fn watch(state: AppState, execution_id: String, after: u64, socket: We
 
 impl Watcher<'_> {
     async fn run(&mut self, heartbeat: Duration, client_gone: &CancellationToken) -> Ending {
+        let shutdown = self.state.shutdown().clone();
         let mut live = self.state.hub().subscribe(self.execution_id);
         match self.replay_and_check_end().await {
             Ok(Some(ending)) => return ending,
@@ -177,6 +178,7 @@ impl Watcher<'_> {
                     }
                 }
                 () = client_gone.cancelled() => return Ending::ClientGone,
+                () = shutdown.cancelled() => return Ending::ServerStopping { last_seq: self.last_sent },
             }
         }
     }
