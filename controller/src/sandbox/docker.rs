@@ -35,6 +35,11 @@ use super::usage::{CgroupLayout, ResourceUsage, UsageSource};
 /// (plus the final sample taken right before a deadline or cancel kill).
 pub const USAGE_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long `wait_with_deadline` waits for Docker to report the exit after a
+/// SIGKILL before giving up with `StillRunningAfterKill` (then the caller
+/// force-removes the container).
+pub const KILL_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Where cgroup hierarchies are mounted on Linux hosts.
 const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
 
@@ -82,6 +87,8 @@ pub enum SandboxError {
         #[source]
         source: DockerError,
     },
+    #[error("container of execution {execution_id} still running after kill")]
+    StillRunningAfterKill { execution_id: String },
     #[error("remove container of execution {execution_id}")]
     RemoveContainer {
         execution_id: String,
@@ -475,6 +482,9 @@ impl Sandbox {
     /// `USAGE_SAMPLE_INTERVAL` and once more right before a kill, because the
     /// cgroup vanishes on exit. Returns the inspected outcome with
     /// `killed_by` and the merged `usage`. Does not remove the container.
+    /// `deadline` counts from this call. On any error the container may
+    /// still exist: the caller removes it (force) and the reaper is the
+    /// backstop.
     pub async fn wait_with_deadline(
         &self,
         handle: &ContainerHandle,
@@ -488,6 +498,11 @@ impl Sandbox {
         let mut sampler = tokio::time::interval(USAGE_SAMPLE_INTERVAL);
         sampler.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
+        // Armed after a kill, so a daemon that never reports the exit cannot
+        // hang the caller.
+        let stuck_after_kill = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(stuck_after_kill);
+
         let mut usage: Option<ResourceUsage> = None;
         let mut killed_by: Option<KillReason> = None;
         loop {
@@ -499,6 +514,11 @@ impl Sandbox {
                 }
                 () = &mut deadline_sleep, if killed_by.is_none() => KillReason::Deadline,
                 () = kill.cancelled(), if killed_by.is_none() => KillReason::Requested,
+                () = &mut stuck_after_kill, if killed_by.is_some() => {
+                    return Err(SandboxError::StillRunningAfterKill {
+                        execution_id: handle.execution_id.clone(),
+                    });
+                }
                 _ = sampler.tick() => {
                     self.sample_into(handle, &mut usage).await;
                     continue;
@@ -508,6 +528,9 @@ impl Sandbox {
             tracing::info!(execution_id = %handle.execution_id, ?reason, "killing sandbox");
             self.kill(handle).await?;
             killed_by = Some(reason);
+            stuck_after_kill
+                .as_mut()
+                .reset(tokio::time::Instant::now() + KILL_EXIT_TIMEOUT);
         }
 
         let mut report = self.inspect_outcome(handle).await?;
