@@ -304,3 +304,35 @@ fn key_from_file() {
 fn no_key_source_means_no_key() {
     assert!(load_api_key(&provider("p"), &env(&[])).unwrap().is_none());
 }
+
+#[test]
+fn the_documented_configuration_is_valid() {
+    // Every ```toml block of docs/model-gateway.md, in order, is one config.
+    let doc = include_str!("../../../docs/model-gateway.md");
+    let mut text = String::new();
+    let mut in_block = false;
+    for line in doc.lines() {
+        match (in_block, line.trim_start()) {
+            (false, "```toml") => in_block = true,
+            (true, "```") => in_block = false,
+            (true, _) => {
+                text.push_str(line);
+                text.push('\n');
+            }
+            _ => {}
+        }
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Document {
+        gateway: GatewayConfig,
+    }
+    let document: Document = toml::from_str(&text).unwrap();
+    let config = document.gateway;
+    config.validate().unwrap();
+    let names: Vec<&str> = config.providers.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, vec!["local", "openai", "anthropic"]);
+    assert_eq!(config.retry.max_attempts, 4);
+    assert_eq!(config.budgets.per_execution.max_requests, Some(100));
+    assert_eq!(config.roles.len(), 2);
+}
