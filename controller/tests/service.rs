@@ -1319,3 +1319,71 @@ async fn cli_run_embedded_mirrors_the_execution_status() {
         String::from_utf8_lossy(&failed.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_runs_no_more_than_the_concurrency_limit() {
+    let root = tempfile::tempdir().unwrap();
+    let mut config = (*test_config(root.path()).await).clone();
+    config.queue.concurrency = 1;
+    let shutdown = CancellationToken::new();
+    let embedded = Embedded {
+        controller: serve::start(Arc::new(config), shutdown.clone())
+            .await
+            .unwrap(),
+        shutdown,
+    };
+    let _guard = ContainerGuard {
+        instance: embedded.controller.launcher.instance.clone(),
+    };
+    let sleeper = SLEEPER.replace("SECONDS", "2");
+    let first = embedded.submit(&sleeper).await;
+    let second = embedded.submit(&sleeper).await;
+    embedded.wait_for_event(&first, "step_started", "nap").await;
+    let waiting = embedded
+        .controller
+        .launcher
+        .store
+        .get_execution(&second, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(waiting.status, ExecutionStatus::Queued);
+    assert_eq!(embedded.n_containers().await, 1);
+    assert_eq!(
+        embedded.wait_final(&first).await,
+        ExecutionStatus::Succeeded
+    );
+    assert_eq!(
+        embedded.wait_final(&second).await,
+        ExecutionStatus::Succeeded
+    );
+    assert_eq!(embedded.n_containers().await, 0);
+    embedded.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_reaps_containers_without_a_live_execution() {
+    let root = tempfile::tempdir().unwrap();
+    let first = start_embedded(root.path()).await;
+    let instance = first.controller.launcher.instance.clone();
+    let _guard = ContainerGuard {
+        instance: instance.clone(),
+    };
+    first.stop().await;
+    // A container with our labels but no execution row (e.g. a crash between
+    // create and the store write).
+    let created = std::process::Command::new("docker")
+        .args(["create", "--network", "none", "--label"])
+        .arg(format!("kiln.instance={instance}"))
+        .args(["--label", "kiln.execution=ex_ghost", &minimal_image().await])
+        .output()
+        .unwrap();
+    assert!(created.status.success());
+    std::fs::create_dir(root.path().join("run").join("ex_ghost")).unwrap();
+
+    let second = start_embedded(root.path()).await;
+    assert_eq!(second.controller.reconciled.n_containers_reaped, 1);
+    assert_eq!(second.controller.reconciled.n_socket_dirs_reaped, 1);
+    assert_eq!(second.n_containers().await, 0);
+    second.stop().await;
+}
