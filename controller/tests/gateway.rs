@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use controller::gateway::budget::{Budget, BudgetLimit, BudgetScope, BudgetUsage};
 use controller::gateway::client::{
-    ChatMessage, ChatRole, Parameters, ProviderClient, ProviderError, ResolvedRequest,
+    ChatMessage, ChatRole, Completion, Parameters, ProviderClient, ProviderError, ResolvedRequest,
+    Usage,
 };
 use controller::gateway::config::{
     GatewayConfig, PreferenceEntry, ProviderConfig, ResponseLimits, load_api_key,
@@ -133,7 +134,7 @@ fn policy() -> RetryPolicy {
 async fn call_with_retry(
     client: &ProviderClient,
     clock: &RecordingClock,
-) -> Result<controller::gateway::Completion, ProviderError> {
+) -> Result<Completion, ProviderError> {
     stream_with_retry(
         client,
         &request("local", "llama3.2"),
@@ -150,10 +151,7 @@ async fn collect(
     client: &ProviderClient,
     request: &ResolvedRequest,
     cancel: &CancellationToken,
-) -> (
-    Result<controller::gateway::Completion, ProviderError>,
-    Vec<String>,
-) {
+) -> (Result<Completion, ProviderError>, Vec<String>) {
     let mut chunks = Vec::new();
     let result = client
         .stream(request, cancel, &mut |text: &str| {
@@ -173,18 +171,19 @@ async fn openai_stream_assembles_text_usage_and_sends_the_key() {
         &CancellationToken::new(),
     )
     .await;
-    let completion = result.unwrap();
     assert_eq!(chunks, vec!["Hel", "lo", ", world"]);
-    assert_eq!(completion.text, "Hello, world");
     assert_eq!(
-        (
-            completion.usage.input_tokens,
-            completion.usage.output_tokens
-        ),
-        (11, 3)
+        result.unwrap(),
+        Completion {
+            text: "Hello, world".into(),
+            usage: Usage {
+                input_tokens: 11,
+                output_tokens: 3
+            },
+            model: "served-model".into(),
+            finish_reason: Some("stop".into()),
+        }
     );
-    assert_eq!(completion.model, "served-model");
-    assert_eq!(completion.finish_reason.as_deref(), Some("stop"));
 
     let requests = server.requests();
     assert_eq!(requests.len(), 1);
@@ -223,18 +222,19 @@ async fn anthropic_stream_assembles_text_usage_and_sends_the_key() {
         &CancellationToken::new(),
     )
     .await;
-    let completion = result.unwrap();
     assert_eq!(chunks, vec!["Bon", "jour", "!"]);
-    assert_eq!(completion.text, "Bonjour!");
     assert_eq!(
-        (
-            completion.usage.input_tokens,
-            completion.usage.output_tokens
-        ),
-        (25, 4)
+        result.unwrap(),
+        Completion {
+            text: "Bonjour!".into(),
+            usage: Usage {
+                input_tokens: 25,
+                output_tokens: 4
+            },
+            model: "served-model".into(),
+            finish_reason: Some("end_turn".into()),
+        }
     );
-    assert_eq!(completion.model, "served-model");
-    assert_eq!(completion.finish_reason.as_deref(), Some("end_turn"));
 
     let recorded = &server.requests()[0];
     assert_eq!(recorded.path, "/v1/messages");
