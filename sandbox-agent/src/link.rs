@@ -102,11 +102,17 @@ struct State {
     is_closing: bool,
 }
 
+struct SendOrder {
+    next_seq: u64,
+    /// Set once `done` is queued: nothing reliable may follow it.
+    is_done_queued: bool,
+}
+
 struct Shared {
     config: LinkConfig,
     state: Mutex<State>,
     /// Serialises seq assignment with buffer admission.
-    send_order: tokio::sync::Mutex<u64>,
+    send_order: tokio::sync::Mutex<SendOrder>,
     slots: Semaphore,
     bytes: Semaphore,
     outgoing: Notify,
@@ -147,7 +153,10 @@ impl Link {
                 job: Some(job_sender),
                 ..State::default()
             }),
-            send_order: tokio::sync::Mutex::new(1),
+            send_order: tokio::sync::Mutex::new(SendOrder {
+                next_seq: 1,
+                is_done_queued: false,
+            }),
             slots: Semaphore::new(MAX_UNACKED_MESSAGES),
             bytes: Semaphore::new(MAX_UNACKED_BYTES),
             outgoing: Notify::new(),
@@ -205,6 +214,42 @@ impl Link {
         .await
     }
 
+    /// Queues an event only if that needs no waiting; gives it back otherwise.
+    fn try_send_event_now(&self, body: AgentEventBody) -> Option<AgentEventBody> {
+        let Ok(mut order) = self.shared.send_order.try_lock() else {
+            return Some(body);
+        };
+        if order.is_done_queued {
+            return None;
+        }
+        let seq = order.next_seq;
+        let message = AgentMessage::Event(WireEvent {
+            seq,
+            at_ms: now_ms(),
+            body,
+        });
+        let Ok(frame) = encode_agent_message(&message) else {
+            return None;
+        };
+        let AgentMessage::Event(WireEvent { body, .. }) = message else {
+            return None;
+        };
+        let n_bytes = u32::try_from(frame.len().min(MAX_UNACKED_BYTES))
+            .expect("bounded by MAX_UNACKED_BYTES");
+        let Ok(slot) = self.shared.slots.try_acquire() else {
+            return Some(body);
+        };
+        let Ok(bytes) = self.shared.bytes.try_acquire_many(n_bytes) else {
+            return Some(body);
+        };
+        slot.forget();
+        bytes.forget();
+        self.state().unacked.push_back((seq, Arc::from(frame)));
+        order.next_seq = seq + 1;
+        self.shared.outgoing.notify_one();
+        None
+    }
+
     /// Queues an artifact chunk (its `seq` is assigned here).
     pub async fn send_artifact_chunk(&self, mut chunk: ArtifactChunk) -> Result<u64, SendError> {
         self.send_reliable(move |seq| {
@@ -224,9 +269,15 @@ impl Link {
         &self,
         build: impl FnOnce(u64) -> AgentMessage,
     ) -> Result<u64, SendError> {
-        let mut next_seq = self.shared.send_order.lock().await;
-        let seq = *next_seq;
-        let frame: Arc<str> = Arc::from(encode_agent_message(&build(seq))?);
+        let mut order = self.shared.send_order.lock().await;
+        if order.is_done_queued {
+            // `done` is the last reliable message, always.
+            return Err(SendError::Closed);
+        }
+        let seq = order.next_seq;
+        let message = build(seq);
+        let is_done = matches!(message, AgentMessage::Done(_));
+        let frame: Arc<str> = Arc::from(encode_agent_message(&message)?);
         let n_bytes = u32::try_from(frame.len().min(MAX_UNACKED_BYTES))
             .expect("bounded by MAX_UNACKED_BYTES");
         let slot = self
@@ -244,7 +295,8 @@ impl Link {
         slot.forget();
         bytes.forget();
         self.state().unacked.push_back((seq, frame));
-        *next_seq = seq + 1;
+        order.next_seq = seq + 1;
+        order.is_done_queued = is_done;
         self.shared.outgoing.notify_one();
         Ok(seq)
     }
@@ -405,16 +457,18 @@ async fn connection_loop(shared: Arc<Shared>) {
                     let link = Link {
                         shared: shared.clone(),
                     };
-                    let attempts = n_attempts;
-                    // Not awaited here: the buffer may be full until this
-                    // connection delivers acks.
-                    tokio::spawn(async move {
-                        let _ =
-                            link.send_event(AgentEventBody::Sandbox(
-                                SandboxEvent::AgentReconnected { attempts, down_ms },
-                            ))
-                            .await;
+                    let event = AgentEventBody::Sandbox(SandboxEvent::AgentReconnected {
+                        attempts: n_attempts,
+                        down_ms,
                     });
+                    // Queued before anything of the new session, unless the
+                    // buffer is full; then later, from a task (waiting here
+                    // would block the acks that free the buffer).
+                    if let Some(event) = link.try_send_event_now(event) {
+                        tokio::spawn(async move {
+                            let _ = link.send_event(event).await;
+                        });
+                    }
                 }
                 has_connected = true;
                 n_attempts = 0;
@@ -616,7 +670,12 @@ async fn run_session(shared: &Arc<Shared>, mut ws: Ws) -> Ended {
                 }
             }
             _ = tokio::time::sleep_until(silence_deadline) => {
-                close_quietly(ws, CloseCode::Away, "heartbeat timeout").await;
+                // A silent peer will not answer a close either: do not wait.
+                let frame = CloseFrame {
+                    code: CloseCode::Away,
+                    reason: "heartbeat timeout".into(),
+                };
+                let _ = tokio::time::timeout(Duration::from_millis(100), ws.send(Message::Close(Some(frame)))).await;
                 return Ended::Lost;
             }
         }

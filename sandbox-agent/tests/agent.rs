@@ -118,11 +118,11 @@ impl Conn {
         }
     }
 
-    /// Next message that is not a heartbeat.
+    /// Next message that is not a heartbeat (heartbeats are answered).
     async fn recv_significant(&mut self) -> Option<AgentMessage> {
         loop {
             match self.recv().await? {
-                AgentMessage::Heartbeat { .. } => continue,
+                AgentMessage::Heartbeat { .. } => self.send(&ControllerMessage::Heartbeat {}).await,
                 message => return Some(message),
             }
         }
@@ -185,7 +185,12 @@ impl Conn {
             }
         }
         // The agent closes; keep reading until the stream ends.
-        assert!(self.recv().await.is_none());
+        while let Some(message) = self.recv().await {
+            assert!(
+                matches!(message, AgentMessage::Heartbeat { .. }),
+                "after done: {message:?}"
+            );
+        }
         received
     }
 }
@@ -887,4 +892,71 @@ steps:
     let messages = run_to_done_unprivileged(&job(recipe)).await;
     assert_eq!(output_of(&messages, "orphans", "stdout"), "zombies 0\n");
     assert_eq!(done_status(&messages), FinalStatus::Succeeded);
+}
+
+#[tokio::test]
+async fn a_silent_controller_triggers_a_reconnect() {
+    let recipe = "name: calm\ndescription: test\nversion: 1.0.0\nsteps:\n  - id: a\n    type: bash\n    command: sleep 2; echo ok\n";
+    let harness = Harness::start(&[
+        "--no-drop",
+        "--heartbeat-ms",
+        "100",
+        "--heartbeat-timeout-ms",
+        "400",
+    ])
+    .await;
+    let mut silent = harness.accept().await;
+    silent.handshake(&job(recipe)).await;
+    // Say nothing more and read nothing: the agent must give up on this
+    // connection and resume on a new one.
+    let mut second = harness.accept().await;
+    match second.recv().await.unwrap() {
+        AgentMessage::Hello(hello) => assert_eq!(
+            hello.resume.map(|resume| resume.session_key).as_deref(),
+            Some(SESSION_KEY)
+        ),
+        other => panic!("expected resume hello, got {other:?}"),
+    }
+    drop(silent);
+    second.welcome_and_job(&job(recipe)).await;
+    let messages = second.run_to_done(|_| None).await;
+    drop(second);
+    assert_contiguous(&messages);
+    let lines: Vec<String> = messages.iter().map(describe).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.starts_with("sandbox:agent_reconnected")),
+        "{lines:#?}"
+    );
+    assert_eq!(done_status(&messages), FinalStatus::Succeeded);
+    assert_eq!(harness.exit().await.0, 0);
+}
+
+#[tokio::test]
+async fn sigterm_cancels_the_run_and_still_reports_done() {
+    let recipe = "name: term\ndescription: test\nversion: 1.0.0\nsteps:\n  - id: long\n    type: bash\n    command: echo started; sleep 100\n";
+    let harness = Harness::start(&["--no-drop"]).await;
+    let agent_pid = harness.agent.id().unwrap() as i32;
+    let mut conn = harness.accept().await;
+    conn.handshake(&job(recipe)).await;
+    let messages = conn
+        .run_to_done(|message| {
+            if describe(message).starts_with("engine:step_output:long") {
+                nix_kill_term(agent_pid);
+            }
+            None
+        })
+        .await;
+    drop(conn);
+    assert_eq!(done_status(&messages), FinalStatus::Cancelled);
+    assert_eq!(harness.exit().await.0, 0);
+}
+
+fn nix_kill_term(pid: i32) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
 }
