@@ -29,8 +29,10 @@
 //! - `token` is read once from `/run/kiln/token` (mode 0400, root) and is
 //!   one-time: the controller burns it on the first successful hello.
 //! - `Welcome.session_key` authenticates later reconnects. The controller
-//!   sends the `Job` after every `Welcome` (so a connection lost between the
-//!   two loses nothing); the agent runs the first and ignores the others.
+//!   sends the `Job` after the first `Welcome`, and again after a resume
+//!   whose `last_acked_seq` is 0 while it has received nothing reliable (the
+//!   job may have been lost with the first connection). The agent runs the
+//!   first `Job` it receives and ignores any later one.
 //! - After `Reject` the controller closes; the agent exits (see the agent's
 //!   exit codes).
 //!

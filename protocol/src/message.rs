@@ -40,7 +40,8 @@ pub enum ControllerMessage {
     /// The hello was accepted. `session_key` authenticates later resumes
     /// (the token is one-time).
     Welcome { session_key: String },
-    /// The work to do; sent after every `Welcome` (the agent uses the first).
+    /// The work to do; sent after the first `Welcome` (and after a resume
+    /// before anything reliable arrived). The agent uses the first one.
     Job(Box<Job>),
     /// Cumulative: every reliable message with `seq <= self.seq` is stored.
     Ack { seq: u64 },
