@@ -1387,3 +1387,46 @@ async fn start_up_reaps_containers_without_a_live_execution() {
     assert_eq!(second.n_containers().await, 0);
     second.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_arrive_verified_and_stored_by_name() {
+    let root = tempfile::tempdir().unwrap();
+    let embedded = start_embedded(root.path()).await;
+    let _guard = ContainerGuard {
+        instance: embedded.controller.launcher.instance.clone(),
+    };
+    let recipe = include_str!("../../gallery/artifacts.yaml");
+    let execution_id = embedded.submit(recipe).await;
+    assert_eq!(
+        embedded.wait_final(&execution_id).await,
+        ExecutionStatus::Succeeded
+    );
+    let store = &embedded.controller.launcher.store;
+    let names: Vec<(String, u64)> = store
+        .list_artifacts(&execution_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|artifact| (artifact.name, artifact.size_bytes))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("report.txt".to_owned(), 16),
+            ("squares.csv".to_owned(), 31)
+        ]
+    );
+    let (_, csv) = store
+        .get_artifact(&execution_id, "squares.csv")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(csv, b"n,square\n1,1\n2,4\n3,9\n4,16\n5,25\n");
+    let events = all_events(&embedded, &execution_id).await;
+    let n_stored = kinds(&events)
+        .iter()
+        .filter(|(_, kind)| kind == "sandbox/artifact_stored")
+        .count();
+    assert_eq!(n_stored, 2);
+    embedded.stop().await;
+}
