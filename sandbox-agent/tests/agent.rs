@@ -960,3 +960,56 @@ fn nix_kill_term(pid: i32) {
         .unwrap();
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn setup_failures_are_step_errors_with_their_reason() {
+    let recipe = r#"
+name: bad-setup
+description: test
+version: 1.0.0
+steps:
+  - id: missing-cwd
+    type: bash
+    cwd: does/not/exist
+    on_error: continue
+    command: echo unreachable
+  - id: escaping-cwd
+    type: bash
+    cwd: ../..
+    on_error: continue
+    command: echo unreachable
+  - id: no-shell
+    type: bash
+    shell: /nonexistent/shell
+    command: echo unreachable
+"#;
+    let messages = run_to_done_unprivileged(&job(recipe)).await;
+    let failures: Vec<String> = messages
+        .iter()
+        .filter_map(|message| match message {
+            AgentMessage::Event(event) => {
+                let body = serde_json::to_value(&event.body).unwrap();
+                (body["event"]["type"] == "step_failed").then(|| {
+                    format!(
+                        "{}: {}",
+                        body["event"]["step_id"].as_str().unwrap(),
+                        body["event"]["error"].as_str().unwrap()
+                    )
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failures.len(), 3, "{failures:#?}");
+    assert!(
+        failures[0].starts_with("missing-cwd: step could not start (cwd): "),
+        "{failures:#?}"
+    );
+    assert!(
+        failures[1].starts_with("escaping-cwd: cwd \"../..\" must not contain '..'"),
+        "{failures:#?}"
+    );
+    assert!(failures[2].contains("127"), "{failures:#?}");
+    assert!(!output_of(&messages, "missing-cwd", "stdout").contains("unreachable"));
+    assert_eq!(done_status(&messages), FinalStatus::Failed);
+}
