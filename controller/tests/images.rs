@@ -922,3 +922,36 @@ async fn a_failing_build_names_the_image_and_the_cause() {
         "{tag} must not exist"
     );
 }
+
+/// kiln-minimal's busybox works as the step uid on the read-only rootfs: the
+/// applets are installed (with /usr/bin/env for shebangs), /work is writable,
+/// the rootfs is not, and the uid has no passwd entry by design.
+#[tokio::test]
+async fn minimal_image_runs_busybox_as_the_step_uid() {
+    let docker = docker().await;
+    let image = {
+        let _guard = BUILD_LOCK.lock().await;
+        ensure_image(&docker, ImageKind::Minimal, &inputs())
+            .await
+            .unwrap()
+    };
+    let mut cleanup = Cleanup::default();
+    let script = "id -u; echo \"home=$HOME pwd=$(pwd)\"; \
+                  printf '#!/usr/bin/env sh\\necho shebang-ok\\n' > /work/s && chmod +x /work/s && /work/s; \
+                  touch /evil 2>/dev/null || echo rootfs=read-only; \
+                  whoami 2>/dev/null || echo no-passwd-entry; \
+                  ls -ld /kiln/kiln-agent | cut -c1-10";
+    let output = run_hardened(
+        &docker,
+        &image.tag,
+        Seccomp::Kiln,
+        None,
+        &["/bin/sh", "-c", script],
+        &mut cleanup,
+    )
+    .await;
+    assert_eq!(
+        output,
+        "200001\nhome=/work pwd=/work\nshebang-ok\nrootfs=read-only\nno-passwd-entry\n-rwxr-xr-x\n"
+    );
+}
