@@ -312,9 +312,16 @@ impl LinkEndpoint {
     }
 
     /// Wait for the next connection and run its handshake (bounded by
-    /// [`HANDSHAKE_TIMEOUT`]). Cancel-safe: nothing is consumed until a
-    /// connection arrives.
+    /// [`HANDSHAKE_TIMEOUT`]). NOT cancel-safe as a whole; an event loop
+    /// should `select!` on [`LinkEndpoint::incoming`] and then await
+    /// [`LinkEndpoint::handshake`] outside the `select!`.
     pub async fn accept(&mut self) -> Result<Accepted, LinkError> {
+        let stream = self.incoming().await?;
+        Ok(self.handshake(stream).await)
+    }
+
+    /// The next raw connection. Cancel-safe.
+    pub async fn incoming(&mut self) -> Result<UnixStream, LinkError> {
         let (stream, _) = self
             .listener
             .accept()
@@ -323,15 +330,21 @@ impl LinkEndpoint {
                 execution_id: self.execution_id.clone(),
                 source,
             })?;
+        Ok(stream)
+    }
+
+    /// Check the peer and run the WebSocket upgrade and hello, bounded by
+    /// [`HANDSHAKE_TIMEOUT`] (a half-open handshake is dropped).
+    pub async fn handshake(&mut self, stream: UnixStream) -> Accepted {
         if let Err(rejection) = self.check_peer(&stream) {
-            return Ok(Accepted::Rejected(rejection));
+            return Accepted::Rejected(rejection);
         }
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(stream)).await {
-            Ok(accepted) => Ok(accepted),
-            Err(_) => Ok(Accepted::Rejected(Rejection {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.upgrade_and_admit(stream)).await {
+            Ok(accepted) => accepted,
+            Err(_) => Accepted::Rejected(Rejection {
                 reason: "handshake_timeout",
                 detail: format!("no hello within {} s", HANDSHAKE_TIMEOUT.as_secs()),
-            })),
+            }),
         }
     }
 
@@ -371,7 +384,7 @@ impl LinkEndpoint {
         }
     }
 
-    async fn handshake(&mut self, stream: UnixStream) -> Accepted {
+    async fn upgrade_and_admit(&mut self, stream: UnixStream) -> Accepted {
         let mut websocket =
             match tokio_tungstenite::accept_async_with_config(stream, Some(websocket_config()))
                 .await

@@ -73,7 +73,7 @@ pub enum Ending {
 
 enum Wake {
     ContainerStopped(Result<ExitReport, SandboxError>),
-    Accepted(Result<Accepted, LinkError>),
+    Incoming(Result<tokio::net::UnixStream, LinkError>),
     Received(Result<Received, LinkError>),
     Command(Option<Command>),
     GateTimeout(u64),
@@ -157,8 +157,8 @@ pub async fn run(parts: SessionParts, shutdown: CancellationToken) -> Ending {
             exit = &mut container => Wake::ContainerStopped(exit),
             command = session.parts.commands.recv(), if commands_open => Wake::Command(command),
             received = recv_or_pending(session.connection.as_mut()) => Wake::Received(received),
-            accepted = session.parts.endpoint.accept(), if session.connection.is_none() => {
-                Wake::Accepted(accepted)
+            incoming = session.parts.endpoint.incoming(), if session.connection.is_none() => {
+                Wake::Incoming(incoming)
             }
             request_id = sleep_until_gate(gate_timeout) => Wake::GateTimeout(request_id),
             () = sleep_until(grace_until) => Wake::GraceOver,
@@ -179,7 +179,13 @@ pub async fn run(parts: SessionParts, shutdown: CancellationToken) -> Ending {
                 Ok(())
             }
             Wake::Received(received) => session.on_received(received).await,
-            Wake::Accepted(accepted) => session.on_accepted(accepted).await,
+            Wake::Incoming(Ok(stream)) => {
+                // Outside the select!: a handshake is never cut in half by
+                // another wake (it is bounded by HANDSHAKE_TIMEOUT itself).
+                let accepted = session.parts.endpoint.handshake(stream).await;
+                session.on_accepted(Ok(accepted)).await
+            }
+            Wake::Incoming(Err(error)) => session.on_accepted(Err(error)).await,
             Wake::GateTimeout(request_id) => session.on_gate_timeout(request_id).await,
             Wake::GraceOver => {
                 tracing::info!("grace period over: killing the container");
