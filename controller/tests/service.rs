@@ -730,6 +730,8 @@ steps:
 struct Embedded {
     controller: Controller,
     shutdown: CancellationToken,
+    /// Removes the test's containers even when the test fails.
+    guard: ContainerGuard,
 }
 
 /// The kiln-minimal image built from THIS tree's agent, by its content tag
@@ -778,9 +780,13 @@ async fn start_embedded(root: &Path) -> Embedded {
     let controller = serve::start(test_config(root).await, shutdown.clone())
         .await
         .expect("the controller starts (needs dockerd and the kiln-minimal image)");
+    let guard = ContainerGuard {
+        instance: controller.launcher.instance.clone(),
+    };
     Embedded {
         controller,
         shutdown,
+        guard,
     }
 }
 
@@ -852,9 +858,12 @@ impl Embedded {
             .len()
     }
 
-    async fn stop(self) {
+    /// Stop like SIGTERM (containers keep running); the returned guard
+    /// still removes them when the test ends.
+    async fn stop(self) -> ContainerGuard {
         self.shutdown.cancel();
         serve::drain(&self.controller.tasks).await;
+        self.guard
     }
 }
 
@@ -893,9 +902,6 @@ async fn all_events(embedded: &Embedded, execution_id: &str) -> Vec<ExecutionEve
 async fn three_bash_steps_give_the_exact_event_sequence() {
     let root = tempfile::tempdir().unwrap();
     let embedded = start_embedded(root.path()).await;
-    let _guard = ContainerGuard {
-        instance: embedded.controller.launcher.instance.clone(),
-    };
     let execution_id = embedded.submit(THREE_STEPS).await;
     assert_eq!(
         embedded.wait_final(&execution_id).await,
@@ -958,9 +964,6 @@ async fn three_bash_steps_give_the_exact_event_sequence() {
 async fn cancel_mid_step_gives_cancelled_and_removes_the_container() {
     let root = tempfile::tempdir().unwrap();
     let embedded = start_embedded(root.path()).await;
-    let _guard = ContainerGuard {
-        instance: embedded.controller.launcher.instance.clone(),
-    };
     let execution_id = embedded.submit(&SLEEPER.replace("SECONDS", "60")).await;
     embedded
         .wait_for_event(&execution_id, "step_started", "nap")
@@ -996,14 +999,11 @@ async fn cancel_mid_step_gives_cancelled_and_removes_the_container() {
 async fn restart_takes_the_agent_back_without_gap_or_duplicate() {
     let root = tempfile::tempdir().unwrap();
     let first = start_embedded(root.path()).await;
-    let _guard = ContainerGuard {
-        instance: first.controller.launcher.instance.clone(),
-    };
     let execution_id = first.submit(&SLEEPER.replace("SECONDS", "4")).await;
     first
         .wait_for_event(&execution_id, "step_started", "nap")
         .await;
-    first.stop().await;
+    let _guard = first.stop().await;
 
     // The container outlived its controller.
     let second = start_embedded(root.path()).await;
@@ -1034,9 +1034,6 @@ async fn restart_takes_the_agent_back_without_gap_or_duplicate() {
 async fn restart_finishes_a_running_execution_whose_container_is_gone() {
     let root = tempfile::tempdir().unwrap();
     let first = start_embedded(root.path()).await;
-    let _guard = ContainerGuard {
-        instance: first.controller.launcher.instance.clone(),
-    };
     let execution_id = first.submit(&SLEEPER.replace("SECONDS", "60")).await;
     first
         .wait_for_event(&execution_id, "step_started", "nap")
@@ -1051,7 +1048,7 @@ async fn restart_finishes_a_running_execution_whose_container_is_gone() {
         .unwrap()
         .container_id
         .unwrap();
-    first.stop().await;
+    let _guard = first.stop().await;
     // Simulate the container dying while no controller runs.
     let removed = std::process::Command::new("docker")
         .args(["rm", "-f", &container_id])
@@ -1117,9 +1114,6 @@ fn decision(approve: bool, message: Option<&str>) -> controller::launcher::Decis
 async fn approval_gate_pauses_and_approve_continues() {
     let root = tempfile::tempdir().unwrap();
     let embedded = start_embedded(root.path()).await;
-    let _guard = ContainerGuard {
-        instance: embedded.controller.launcher.instance.clone(),
-    };
     let execution_id = embedded.submit(RELEASE_APPROVAL).await;
     embedded.wait_gate(&execution_id, "build").await;
     let control = &embedded.controller.launcher.control;
@@ -1161,9 +1155,6 @@ async fn approval_gate_pauses_and_approve_continues() {
 async fn approval_deny_is_final() {
     let root = tempfile::tempdir().unwrap();
     let embedded = start_embedded(root.path()).await;
-    let _guard = ContainerGuard {
-        instance: embedded.controller.launcher.instance.clone(),
-    };
     let execution_id = embedded.submit(RELEASE_APPROVAL).await;
     embedded.wait_gate(&execution_id, "build").await;
     let control = &embedded.controller.launcher.control;
@@ -1189,9 +1180,6 @@ async fn approval_deny_is_final() {
 async fn approval_gate_timeout_fires_on_its_own() {
     let root = tempfile::tempdir().unwrap();
     let embedded = start_embedded(root.path()).await;
-    let _guard = ContainerGuard {
-        instance: embedded.controller.launcher.instance.clone(),
-    };
     let recipe = RELEASE_APPROVAL.replace("timeout: 3600", "timeout: 1");
     let execution_id = embedded.submit(&recipe).await;
     assert_eq!(
@@ -1326,14 +1314,15 @@ async fn queue_runs_no_more_than_the_concurrency_limit() {
     let mut config = (*test_config(root.path()).await).clone();
     config.queue.concurrency = 1;
     let shutdown = CancellationToken::new();
+    let controller = serve::start(Arc::new(config), shutdown.clone())
+        .await
+        .unwrap();
     let embedded = Embedded {
-        controller: serve::start(Arc::new(config), shutdown.clone())
-            .await
-            .unwrap(),
+        guard: ContainerGuard {
+            instance: controller.launcher.instance.clone(),
+        },
+        controller,
         shutdown,
-    };
-    let _guard = ContainerGuard {
-        instance: embedded.controller.launcher.instance.clone(),
     };
     let sleeper = SLEEPER.replace("SECONDS", "2");
     let first = embedded.submit(&sleeper).await;
@@ -1366,10 +1355,7 @@ async fn start_up_reaps_containers_without_a_live_execution() {
     let root = tempfile::tempdir().unwrap();
     let first = start_embedded(root.path()).await;
     let instance = first.controller.launcher.instance.clone();
-    let _guard = ContainerGuard {
-        instance: instance.clone(),
-    };
-    first.stop().await;
+    let _guard = first.stop().await;
     // A container with our labels but no execution row (e.g. a crash between
     // create and the store write).
     let created = std::process::Command::new("docker")
@@ -1392,9 +1378,6 @@ async fn start_up_reaps_containers_without_a_live_execution() {
 async fn artifacts_arrive_verified_and_stored_by_name() {
     let root = tempfile::tempdir().unwrap();
     let embedded = start_embedded(root.path()).await;
-    let _guard = ContainerGuard {
-        instance: embedded.controller.launcher.instance.clone(),
-    };
     let recipe = include_str!("../../gallery/artifacts.yaml");
     let execution_id = embedded.submit(recipe).await;
     assert_eq!(
