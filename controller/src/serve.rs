@@ -138,7 +138,9 @@ pub async fn start(
         }
         .boxed()
     });
-    let state = AppState::new(config, store, hub, control, docker_ready);
+    // Live watchers close with 1012 and their resume point on shutdown.
+    let state = AppState::new(config, store, hub, control, docker_ready)
+        .with_shutdown(tasks.shutdown_token());
     Ok(Controller {
         state,
         launcher,

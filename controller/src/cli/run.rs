@@ -201,6 +201,7 @@ async fn watch_run(
 
     let mut after = 0;
     let mut cancel_sent = false;
+    let mut n_failed_connects = 0;
     loop {
         let mut request = format!(
             "{}{}?after={after}",
@@ -219,17 +220,22 @@ async fn watch_run(
             .next()
             .unwrap_or_default()
             .to_owned();
-        let tcp = tokio::net::TcpStream::connect(&host)
-            .await
-            .map_err(|error| failure(exit::UNAVAILABLE, format!("cannot reach {host}: {error}")))?;
-        let (mut stream, _) = tokio_tungstenite::client_async(request, tcp)
-            .await
-            .map_err(|error| {
-                failure(
-                    exit::UNAVAILABLE,
-                    format!("cannot open the event stream: {error}"),
-                )
-            })?;
+        let mut stream = match open_stream(&host, request).await {
+            Ok(stream) => {
+                n_failed_connects = 0;
+                stream
+            }
+            // A server restart: keep trying for a while, then give up.
+            Err(message) if n_failed_connects < MAX_RECONNECTS => {
+                n_failed_connects += 1;
+                if n_failed_connects == 1 {
+                    view.note(&format!("{message}; retrying"));
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(message) => return Err(failure(exit::UNAVAILABLE, message)),
+        };
         let mut spinner = tokio::time::interval(Duration::from_millis(120));
         loop {
             let message = tokio::select! {
@@ -272,6 +278,24 @@ async fn watch_run(
         // last event seen (no gap, no duplicate).
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// How many times (one second apart) the stream is reopened after failures.
+const MAX_RECONNECTS: u32 = 60;
+
+type EventStream = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn open_stream(
+    host: &str,
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+) -> Result<EventStream, String> {
+    let tcp = tokio::net::TcpStream::connect(host)
+        .await
+        .map_err(|error| format!("cannot reach {host}: {error}"))?;
+    let (stream, _) = tokio_tungstenite::client_async(request, tcp)
+        .await
+        .map_err(|error| format!("cannot open the event stream: {error}"))?;
+    Ok(stream)
 }
 
 async fn submit(
