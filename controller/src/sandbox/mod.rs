@@ -10,6 +10,7 @@
 
 pub mod docker;
 pub mod image;
+pub mod preflight;
 pub mod profile;
 pub mod reaper;
 pub mod usage;
