@@ -842,6 +842,22 @@ pub async fn gather(sandbox: &Sandbox, runsc_required: bool) -> HostFacts {
     facts_from(version.as_ref(), info.as_ref(), &outputs, runsc_required)
 }
 
+/// The whole start-up check in one call: gather, assess, log every finding
+/// (with its id), then `decide`. Returns the findings so the caller can also
+/// expose them (e.g. in a health report). `serve` calls this right after
+/// `Sandbox::connect` and before reconciling or accepting work.
+pub async fn check_host(
+    sandbox: &Sandbox,
+    runsc_required: bool,
+    strict: bool,
+) -> Result<Vec<Finding>, PreflightError> {
+    let facts = gather(sandbox, runsc_required).await;
+    let findings = assess(&facts);
+    log_findings(&findings);
+    decide(&findings, strict)?;
+    Ok(findings)
+}
+
 /// Run a host binary and return its stdout then stderr, or `None` if it
 /// failed.
 async fn run_command(program: &str, args: &[&str]) -> Option<String> {

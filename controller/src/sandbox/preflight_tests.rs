@@ -919,3 +919,13 @@ async fn gathers_from_the_real_docker() {
     assert!(facts.seccomp);
     assert_eq!(facts, this_machine());
 }
+
+#[tokio::test]
+async fn checks_the_real_host_strictly() {
+    let sandbox = Sandbox::connect()
+        .await
+        .expect("this test needs the local docker daemon (deploy/host-setup.sh starts it)");
+    // Nothing on this machine is critical, so strict mode starts.
+    let findings = check_host(&sandbox, true, true).await.unwrap();
+    assert_eq!(findings, assess(&this_machine()));
+}
