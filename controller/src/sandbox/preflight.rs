@@ -61,7 +61,8 @@ pub struct HostFacts {
     pub userns_remap: bool,
     /// Names of the runtimes registered with the daemon, sorted.
     pub runtimes: Vec<String>,
-    /// Some configured execution class uses runsc (set by the caller).
+    /// Some configured execution class uses runsc (passed to `gather` by
+    /// `serve`, from the config); runsc rules apply only then.
     pub runsc_required: bool,
     /// `runsc --version`, e.g. `0.0~20221219.0` or `release-20240807.0`.
     pub runsc_version: Option<String>,
