@@ -60,6 +60,20 @@ tmp_mib = 16
 shm_mib = 16
 output_cap_bytes = 1048576
 wall_timeout_secs = 120
+
+[sandbox.classes.probe-deadline]
+image = "kiln-probe"
+runtime = "runc"
+memory_mib = 128
+pids = 64
+wall_timeout_secs = 8
+
+[sandbox.classes.probe-runsc-deadline]
+image = "kiln-probe"
+runtime = "runsc"
+memory_mib = 256
+pids = 1024
+wall_timeout_secs = 8
 "#;
 
 /// The two runtimes and their classes.
@@ -74,6 +88,14 @@ impl Runtime {
         match self {
             Runtime::Runc => "probe",
             Runtime::Runsc => "probe-runsc",
+        }
+    }
+
+    /// The same class with an 8 s wall deadline.
+    pub fn deadline_class(self) -> &'static str {
+        match self {
+            Runtime::Runc => "probe-deadline",
+            Runtime::Runsc => "probe-runsc-deadline",
         }
     }
 

@@ -26,12 +26,15 @@ const SLOW_RECIPE: &str = "name: live-victim\ndescription: runs long enough to b
 
 type Client = WebSocketStream<UnixStream>;
 
-async fn connect(socket: &Path) -> Option<Client> {
-    let stream = UnixStream::connect(socket).await.ok()?;
-    tokio_tungstenite::client_async("ws://localhost/agent", stream)
+/// A WebSocket client on `socket`, or the reply that refused it.
+async fn connect(socket: &Path) -> Result<Client, Reply> {
+    let stream = UnixStream::connect(socket)
         .await
-        .ok()
-        .map(|(client, _)| client)
+        .map_err(|error| Reply::ConnectRefused(error.to_string()))?;
+    match tokio_tungstenite::client_async("ws://localhost/agent", stream).await {
+        Ok((client, _)) => Ok(client),
+        Err(error) => Err(Reply::HandshakeRefused(error.to_string())),
+    }
 }
 
 /// What the server answered: a text message, a close code, or nothing.
@@ -40,6 +43,10 @@ enum Reply {
     Text(String),
     Closed(Option<u16>),
     Silent,
+    /// The socket accepted no second connection (the listener stops once
+    /// its agent is connected).
+    ConnectRefused(String),
+    HandshakeRefused(String),
 }
 
 async fn reply(client: &mut Client) -> Reply {
@@ -56,6 +63,19 @@ async fn reply(client: &mut Client) -> Reply {
     }
 }
 
+/// Connects, sends `message`, and returns how the server answered.
+async fn attempt(socket: &Path, message: Message) -> Reply {
+    match connect(socket).await {
+        Err(refused) => refused,
+        Ok(mut client) => {
+            if client.send(message).await.is_err() {
+                return Reply::Closed(None);
+            }
+            reply(&mut client).await
+        }
+    }
+}
+
 fn hello(execution_id: &str, token: &str) -> String {
     protocol::encode_agent_message(&AgentMessage::Hello(Hello {
         version: protocol::PROTOCOL_VERSION,
@@ -64,15 +84,6 @@ fn hello(execution_id: &str, token: &str) -> String {
         resume: None,
     }))
     .expect("encode a hello")
-}
-
-/// Not welcomed: either a `reject` message or a closed connection.
-fn is_refused(reply: &Reply) -> bool {
-    match reply {
-        Reply::Text(text) => text.contains("\"reject\"") && !text.contains("welcome"),
-        Reply::Closed(_) => true,
-        Reply::Silent => false,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -101,42 +112,35 @@ async fn hostile_host_client_on_a_live_execution_socket_is_refused() {
 
     let mut attempts = Vec::new();
     // 38: a second connection claiming another execution.
-    if let Some(mut client) = connect(&socket).await {
-        let _ = client
-            .send(Message::text(hello("ex_forged", "forged")))
-            .await;
-        attempts.push(("forged execution id", reply(&mut client).await));
-    }
+    attempts.push((
+        "forged execution id",
+        attempt(&socket, Message::text(hello("ex_forged", "forged"))).await,
+    ));
     // 41: this execution's id with a guessed/replayed token (the real one is burnt).
-    if let Some(mut client) = connect(&socket).await {
-        let _ = client
-            .send(Message::text(hello(&id, "kiln-replayed-token")))
-            .await;
-        attempts.push(("token replay", reply(&mut client).await));
-    }
+    attempts.push((
+        "token replay",
+        attempt(&socket, Message::text(hello(&id, "kiln-replayed-token"))).await,
+    ));
     // 39: an oversized frame (2 MiB > MAX_FRAME_BYTES).
-    if let Some(mut client) = connect(&socket).await {
-        let huge = "x".repeat(protocol::MAX_FRAME_BYTES * 2);
-        let _ = client.send(Message::text(huge)).await;
-        attempts.push(("oversized frame", reply(&mut client).await));
-    }
+    let huge = "x".repeat(protocol::MAX_FRAME_BYTES * 2);
+    attempts.push((
+        "oversized frame",
+        attempt(&socket, Message::text(huge)).await,
+    ));
     // 40: invalid UTF-8 in a text frame, then 10k-deep JSON.
-    if let Some(mut client) = connect(&socket).await {
-        let frame = tokio_tungstenite::tungstenite::protocol::frame::Frame::message(
-            vec![b'{', 0xff, 0xfe, b'}'],
-            tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode::Data(
-                tokio_tungstenite::tungstenite::protocol::frame::coding::Data::Text,
-            ),
-            true,
-        );
-        let _ = client.send(Message::Frame(frame)).await;
-        attempts.push(("invalid UTF-8", reply(&mut client).await));
-    }
-    if let Some(mut client) = connect(&socket).await {
-        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-        let _ = client.send(Message::text(deep)).await;
-        attempts.push(("10k-deep JSON", reply(&mut client).await));
-    }
+    let frame = tokio_tungstenite::tungstenite::protocol::frame::Frame::message(
+        vec![b'{', 0xff, 0xfe, b'}'],
+        tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode::Data(
+            tokio_tungstenite::tungstenite::protocol::frame::coding::Data::Text,
+        ),
+        true,
+    );
+    attempts.push((
+        "invalid UTF-8",
+        attempt(&socket, Message::Frame(frame)).await,
+    ));
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    attempts.push(("10k-deep JSON", attempt(&socket, Message::text(deep)).await));
     // 42: half-open: connect and say nothing while the execution finishes.
     let half_open = UnixStream::connect(&socket).await.ok();
 
@@ -156,19 +160,17 @@ async fn hostile_host_client_on_a_live_execution_socket_is_refused() {
         .expect("nothing left behind");
 
     eprintln!("host-side hostile attempts: {attempts:?}");
-    // A step-less host root may find the listener closed once the agent is
-    // connected; then every attempt is refused at connect, which is fine.
+    // A connection from outside the execution's container (another peer
+    // cgroup) is dropped before the WebSocket handshake, whatever it would
+    // have sent: identity comes from the socket and the peer, never the
+    // payload. The close codes for frames from an admitted peer (1009, 1007,
+    // deep JSON, half-open timeout) are asserted in controller/tests/service.rs.
+    assert_eq!(attempts.len(), 5);
     for (name, reply) in &attempts {
-        assert!(is_refused(reply), "{name}: {reply:?}");
-    }
-    for (name, code) in [("oversized frame", 1009), ("invalid UTF-8", 1007)] {
-        if let Some((_, reply)) = attempts.iter().find(|(found, _)| *found == name) {
-            assert!(
-                matches!(reply, Reply::Closed(Some(found)) if *found == code)
-                    || matches!(reply, Reply::Closed(None)),
-                "{name}: expected close {code}, got {reply:?}"
-            );
-        }
+        assert!(
+            matches!(reply, Reply::HandshakeRefused(_)),
+            "{name}: expected the connection dropped before the handshake, got {reply:?}"
+        );
     }
     assert_eq!(execution["status"], "succeeded", "{execution}");
     assert!(output.contains("still-here"), "{output}");

@@ -3,8 +3,10 @@
 //! - the case's own expectation (final status, output lines, events);
 //! - the base invariants of catalogue section 3: a concurrent victim
 //!   execution succeeds; `/healthz` answers throughout (latency measured,
-//!   never asserted); the data dir grows < 10 MB and the Docker data root's
-//!   filesystem stays flat (< 100 MB; shared machine, see `DISK_NOISE_BYTES`);
+//!   never asserted); the data dir and Docker's per-container directory
+//!   (where json-file logs would land) each grow < 10 MB; the statvfs delta
+//!   of Docker's filesystem is recorded (shared with every build on this
+//!   machine, so it is reported, not asserted);
 //!   no container labelled with the execution and no socket dir remains;
 //!   the stored events are contiguous from seq 1 and equal what a WebSocket
 //!   watcher saw from the first event.
@@ -19,20 +21,21 @@ use kiln_e2e::server::{KilnServer, used_bytes};
 use serde_json::Value;
 
 use super::Runtime;
-use super::cases::{Case, Expect, OnRunsc};
+use super::cases::{Case, Expect, OnRunsc, WALL_DEADLINE_CASES};
 
 /// The victim started next to every case: it must succeed.
 const VICTIM: &str = "name: victim\ndescription: a trivial neighbour of a hostile case\nversion: 1.0.0\nsteps:\n  - id: hello\n    type: bash\n    command: echo victim-ok\n";
 
-/// The data dir (store, artifacts) may grow by less than this per case.
-const DATA_DIR_GROWTH_BYTES: u64 = 10 * 1024 * 1024;
-/// The Docker data root's filesystem is shared with every other build and
-/// test on this machine, so its statvfs delta is measured per case and only
-/// asserted against a bound that catches the real failure (a json-file log
-/// of hundreds of MB, catalogue finding 1) without flaking on a neighbour's
-/// cargo build. The precise < 10 MB bound is asserted on the data dir.
-const DISK_NOISE_BYTES: i64 = 100 * 1024 * 1024;
+/// The data dir (store, artifacts) and Docker's containers dir may each grow
+/// by less than this per case (catalogue section 3).
+const DISK_GROWTH_BYTES: u64 = 10 * 1024 * 1024;
+/// Docker's data root: its filesystem is shared with every build on this
+/// machine (a neighbour's cargo build moved it by 500 MB during one case),
+/// so its statvfs delta is recorded only.
 const DOCKER_ROOT: &str = "/var/lib/docker";
+/// Where Docker keeps per-container files, json-file logs included: the
+/// 595 MB host-disk DoS of catalogue finding 1 would land here.
+const DOCKER_CONTAINERS: &str = "/var/lib/docker/containers";
 
 /// One run of a case on one runtime.
 #[derive(Debug, Clone)]
@@ -249,6 +252,7 @@ pub async fn run_one(
     let mut problems = Vec::new();
     let data_before = dir_bytes(&server.data_dir);
     let docker_before = used_bytes(Path::new(DOCKER_ROOT)).unwrap_or(0);
+    let containers_before = dir_bytes(Path::new(DOCKER_CONTAINERS));
     let stop = Arc::new(AtomicBool::new(false));
     let pinger = spawn_health_pinger(server, Arc::clone(&stop));
 
@@ -265,7 +269,12 @@ pub async fn run_one(
         None
     };
 
-    let id = match server.submit(&recipe_of(case), runtime.class()).await {
+    let class = if WALL_DEADLINE_CASES.contains(&case.number) {
+        runtime.deadline_class()
+    } else {
+        runtime.class()
+    };
+    let id = match server.submit(&recipe_of(case), class).await {
         Ok(id) => id,
         Err(error) => {
             stop.store(true, Ordering::Relaxed);
@@ -354,7 +363,7 @@ pub async fn run_one(
     }
 
     // The case's own expectation.
-    if status != expect.status {
+    if !expect.status.split('|').any(|accepted| accepted == status) {
         let detail = execution
             .as_ref()
             .map(|execution| execution["status_detail"].to_string())
@@ -401,16 +410,23 @@ pub async fn run_one(
         problems.push(error);
     }
     let data_growth = dir_bytes(&server.data_dir).saturating_sub(data_before);
-    if data_growth >= DATA_DIR_GROWTH_BYTES {
+    if data_growth >= DISK_GROWTH_BYTES {
         problems.push(format!("data dir grew by {data_growth} bytes"));
+    }
+    let containers_growth =
+        dir_bytes(Path::new(DOCKER_CONTAINERS)).saturating_sub(containers_before);
+    if containers_growth >= DISK_GROWTH_BYTES {
+        problems.push(format!(
+            "{DOCKER_CONTAINERS} grew by {containers_growth} bytes"
+        ));
     }
     let docker_after = used_bytes(Path::new(DOCKER_ROOT)).unwrap_or(0);
     let docker_delta = i64::try_from(docker_after).unwrap_or(i64::MAX)
         - i64::try_from(docker_before).unwrap_or(i64::MAX);
-    if docker_delta >= DISK_NOISE_BYTES {
-        problems.push(format!("Docker's filesystem grew by {docker_delta} bytes"));
-    }
 
+    if !problems.is_empty() {
+        problems.push(format!("step output was:\n{}", excerpt(&output)));
+    }
     let mut observed = status.clone();
     for name in ["fork.children", "nofile.opened", "mem.touched_mib"] {
         if let Some(value) = probe_info(&output, name) {
@@ -431,6 +447,24 @@ pub async fn run_one(
         docker_disk_delta_bytes: docker_delta,
         data_dir_growth_bytes: data_growth,
     }
+}
+
+/// The start and end of a long text.
+fn excerpt(text: &str) -> String {
+    const KEEP: usize = 2000;
+    if text.len() <= 2 * KEEP {
+        return text.to_owned();
+    }
+    let head: String = text.chars().take(KEEP).collect();
+    let tail: String = text
+        .chars()
+        .rev()
+        .take(KEEP)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("{head}\n[... {} bytes ...]\n{tail}", text.len())
 }
 
 /// Waits until no container carries `kiln.execution=<id>` and the socket dir is gone.

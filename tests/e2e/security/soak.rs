@@ -79,7 +79,7 @@ async fn hundred_mixed_hostile_executions_leave_nothing_and_memory_stays_flat() 
 
     let wrong: Vec<String> = outcomes
         .iter()
-        .filter(|(_, expected, status)| expected != status)
+        .filter(|(_, expected, status)| !expected.split('|').any(|accepted| accepted == status))
         .map(|(number, expected, status)| format!("case {number}: {status}, expected {expected}"))
         .collect();
     let report = format!(

@@ -49,8 +49,18 @@ pub fn render(results: &[CaseResult]) -> String {
             super::cases::OnRunsc::Differs(expect) => Some(expect.summary),
             super::cases::OnRunsc::NotApplicable(_) => None,
         };
+        let runsc_asserted = match case.runsc {
+            super::cases::OnRunsc::Same => "same".to_owned(),
+            super::cases::OnRunsc::Differs(expect) => format!(
+                "`{}`, {} output line(s), events {:?}",
+                expect.status,
+                expect.output.len() + expect.absent.len(),
+                expect.events
+            ),
+            super::cases::OnRunsc::NotApplicable(_) => "not run".to_owned(),
+        };
         let mut asserted = format!(
-            "status `{}`, {} output line(s), events {:?}",
+            "runc: `{}`, {} output line(s), events {:?}; runsc: {runsc_asserted}",
             case.runc.status,
             case.runc.output.len() + case.runc.absent.len(),
             case.runc.events
