@@ -33,6 +33,10 @@ enum Command {
         /// TOML configuration file (environment overrides: KILN_SECTION__KEY).
         #[arg(long, env = "KILN_CONFIG")]
         config: Option<PathBuf>,
+        /// Refuse to start when the host preflight finds a critical problem
+        /// (a Docker, runc, kernel or runsc version with a known escape).
+        #[arg(long, env = "KILN_STRICT")]
+        strict: bool,
     },
     /// Run a recipe and watch it live, on a server or on an embedded controller.
     Run(cli::run::RunArgs),
@@ -64,7 +68,7 @@ fn main() -> ExitCode {
     };
     let code = runtime.block_on(async {
         match args.command {
-            Command::Serve { config } => serve_command(config).await,
+            Command::Serve { config, strict } => serve_command(config, strict).await,
             Command::Run(run) => cli::run::run(run).await,
             Command::Validate(validate) => cli::validate::validate(&validate),
             Command::Image { command } => cli::image::image(command).await,
@@ -75,7 +79,7 @@ fn main() -> ExitCode {
 }
 
 /// `kiln serve`: the start-up story.
-async fn serve_command(config_path: Option<PathBuf>) -> u8 {
+async fn serve_command(config_path: Option<PathBuf>, strict: bool) -> u8 {
     cli::init_tracing(false);
 
     // 1. Configuration, validated in full before anything else happens.
@@ -87,10 +91,14 @@ async fn serve_command(config_path: Option<PathBuf>) -> u8 {
         }
     };
 
-    // 2-6. Store, admin token, Docker, reconciliation, queue and reaper.
+    // 2-6. Store, admin token, Docker + host preflight, reconciliation,
+    // queue and reaper.
     let shutdown = CancellationToken::new();
     serve::cancel_on_signals(shutdown.clone());
-    let controller = match serve::start(Arc::clone(&config), shutdown.clone()).await {
+    let options = serve::StartOptions {
+        strict_preflight: strict,
+    };
+    let controller = match serve::start_with(Arc::clone(&config), shutdown.clone(), options).await {
         Ok(controller) => controller,
         Err(error) => {
             eprintln!("error: {}", cli::error_chain(&error));

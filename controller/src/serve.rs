@@ -4,7 +4,8 @@
 //! 1. configuration, read and validated by the caller before anything else;
 //! 2. the data and run directories, the store, migrations;
 //! 3. the admin token on first start (shown once, only its hash is stored);
-//! 4. Docker;
+//! 4. Docker, and the host preflight (Docker, runc, kernel and runsc versions
+//!    against known escapes; `--strict` refuses to start on a critical finding);
 //! 5. restart reconciliation (take back, finish, reap);
 //! 6. the queue and the periodic reaper;
 //! 7. the API on its listener.
@@ -28,7 +29,7 @@ use crate::launcher::{Control, Launcher, Tasks};
 use crate::queue::Slots;
 use crate::reconcile::ReconcileReport;
 use crate::relay::Hub;
-use crate::sandbox::{Sandbox, SandboxError};
+use crate::sandbox::{Sandbox, SandboxError, preflight};
 use crate::store::{Store, StoreError};
 
 /// How long shutdown waits for tasks to finish.
@@ -54,6 +55,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("host preflight")]
+    Preflight(#[source] crate::sandbox::preflight::PreflightError),
     #[error("reconcile after restart")]
     Reconcile(#[source] crate::reconcile::ReconcileError),
 }
@@ -68,10 +71,26 @@ pub struct Controller {
     pub reconciled: ReconcileReport,
 }
 
-/// Steps 2-6 of the start-up story. `config` is already validated.
+/// How to start, beyond the configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartOptions {
+    /// Refuse to start when the host preflight has a critical finding.
+    pub strict_preflight: bool,
+}
+
+/// [`start_with`] with the default options (preflight findings are logged only).
 pub async fn start(
     config: Arc<Config>,
     shutdown: CancellationToken,
+) -> Result<Controller, StartError> {
+    start_with(config, shutdown, StartOptions::default()).await
+}
+
+/// Steps 2-6 of the start-up story. `config` is already validated.
+pub async fn start_with(
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+    options: StartOptions,
 ) -> Result<Controller, StartError> {
     let data_dir = &config.server.data_dir;
     create_dir(data_dir, 0o700)?;
@@ -90,6 +109,15 @@ pub async fn start(
     let sandbox = Sandbox::connect()
         .await
         .map_err(StartError::ConnectDocker)?;
+    let is_runsc_configured = config
+        .sandbox
+        .classes
+        .values()
+        .any(|class| class.runtime == crate::config::RuntimeKind::Runsc);
+    let host = preflight::gather(&sandbox, is_runsc_configured).await;
+    let findings = preflight::assess(&host);
+    preflight::log_findings(&findings);
+    preflight::decide(&findings, options.strict_preflight).map_err(StartError::Preflight)?;
     let hub = Hub::default();
     let control = Control::new();
     let launcher = Launcher::new(
