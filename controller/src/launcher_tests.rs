@@ -101,3 +101,13 @@ async fn wake_is_not_lost_when_nobody_waits_yet() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn early_cancels_of_finished_executions_are_forgotten() {
+    let control = Control::new();
+    assert_eq!(control.cancel("queued").await, CancelOutcome::NotRunning);
+    assert_eq!(control.cancel("gone").await, CancelOutcome::NotRunning);
+    control.retain_early_cancels(&std::collections::HashSet::from(["queued".to_owned()]));
+    assert!(control.register("queued").1);
+    assert!(!control.register("gone").1);
+}

@@ -216,6 +216,7 @@ pub async fn reap_periodically(launcher: Launcher, tasks: Tasks) {
         {
             tracing::error!(%error, "periodic reaper failed");
         }
+        launcher.control.retain_early_cancels(&live);
         let retention = &launcher.config.retention;
         let cutoff_ms = crate::store::now_ms() - i64::from(retention.days) * 86_400_000;
         match launcher

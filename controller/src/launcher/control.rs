@@ -183,6 +183,14 @@ impl Control {
         registry.decided_gates.insert(key);
     }
 
+    /// Forget early cancels of executions that are no longer queued or
+    /// running (the API finished them itself while they were queued).
+    pub fn retain_early_cancels(&self, unfinished: &HashSet<String>) {
+        self.lock()
+            .cancel_before_start
+            .retain(|execution_id| unfinished.contains(execution_id));
+    }
+
     /// Is a gate waiting for a decision? (For the API's execution view.)
     pub fn is_gate_pending(&self, execution_id: &str, stage: &str) -> bool {
         self.lock()
