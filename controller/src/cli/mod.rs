@@ -56,9 +56,10 @@ pub fn exit_code_of(status: FinalStatus) -> u8 {
     }
 }
 
-/// Logs to stderr; `RUST_LOG` overrides the default level.
+/// Logs to stderr; `RUST_LOG` overrides the default level (`quiet`: errors only,
+/// for commands whose own output is the point, like `kiln run`).
 pub fn init_tracing(quiet: bool) {
-    let default = if quiet { "warn" } else { "info" };
+    let default = if quiet { "error" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
