@@ -1413,3 +1413,50 @@ async fn artifacts_arrive_verified_and_stored_by_name() {
     assert_eq!(n_stored, 2);
     embedded.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom_of_a_step_is_reported_as_oom_even_though_the_agent_survives() {
+    let root = tempfile::tempdir().unwrap();
+    let mut config = (*test_config(root.path()).await).clone();
+    for class in config.sandbox.classes.values_mut() {
+        class.memory_mib = 64;
+    }
+    let shutdown = CancellationToken::new();
+    let controller = serve::start(Arc::new(config), shutdown.clone())
+        .await
+        .unwrap();
+    let embedded = Embedded {
+        guard: ContainerGuard {
+            instance: controller.launcher.instance.clone(),
+        },
+        controller,
+        shutdown,
+    };
+    let hog = "name: hog\ndescription: Fills memory.\nversion: 1.0.0\nsteps:\n  - id: hog\n    type: bash\n    command: tail /dev/zero\n";
+    let execution_id = embedded.submit(hog).await;
+    assert_eq!(
+        embedded.wait_final(&execution_id).await,
+        ExecutionStatus::Oom
+    );
+    let events = all_events(&embedded, &execution_id).await;
+    let kinds = kinds(&events);
+    // The agent lived to report the step's death; the verdict still says oom.
+    assert!(kinds.iter().any(|(_, kind)| kind == "engine/step_failed"));
+    assert!(
+        kinds
+            .iter()
+            .any(|(_, kind)| kind == "engine/execution_completed")
+    );
+    // The verdict comes from Docker's State.OOMKilled (the cgroup v1 counter
+    // that the usage event carries is not reliable on this kernel).
+    assert!(
+        kinds
+            .iter()
+            .any(|(_, kind)| kind == "sandbox/resource_usage")
+    );
+    let finished = serde_json::to_value(&events.last().unwrap().body).unwrap();
+    assert_eq!(finished["event"]["status"], "oom");
+    assert_eq!(finished["event"]["reason"], "the memory limit was exceeded");
+    assert_eq!(embedded.n_containers().await, 0);
+    embedded.stop().await;
+}
