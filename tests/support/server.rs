@@ -37,6 +37,9 @@ pub const FINAL_STATUSES: [&str; 9] = [
     "denied",
 ];
 
+/// The fake model key the harness puts in the controller's environment.
+pub const CANARY_KEY: &str = "sk-kiln-canary-7f3c9a";
+
 /// The `kiln` binary next to the running test binary (`target/<profile>/kiln`).
 pub fn kiln_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locate the test binary")?;
@@ -149,6 +152,10 @@ impl KilnServer {
             .arg(&config_path)
             .env_remove("KILN_CONFIG")
             .env("RUST_LOG", "info")
+            // Secrets canaries: an operator's model keys in the controller's
+            // environment must never reach a sandbox (catalogue case 35).
+            .env("OPENAI_API_KEY", CANARY_KEY)
+            .env("ANTHROPIC_API_KEY", CANARY_KEY)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -75,14 +75,17 @@ pub const CASES: &[Case] = &[
     Case {
         number: 1,
         name: "fork bomb",
-        script: "f(){ f|f& }; f; sleep 4; echo bomb-done",
-        step_timeout_secs: 8,
+        // The bomb, then a fork-free busy loop until the step timeout kills
+        // the whole process group (so the outcome never depends on which
+        // fork happened to fail).
+        script: "f(){ f|f& }; f; while :; do :; done",
+        step_timeout_secs: 4,
         runc: Expect {
-            status: "succeeded",
+            status: "failed",
             output: &["can't fork"],
             absent: NONE,
-            events: &["resource_usage"],
-            summary: "pids cgroup: \"can't fork\" (EAGAIN); step ends, agent survives",
+            events: &["step_killed", "resource_usage"],
+            summary: "pids cgroup: \"can't fork\" (EAGAIN); the step's group is killed at its timeout, agent survives",
         },
         // FIXME(issue 5): the Sentry's death resets the agent connection and the
         // controller reports protocol_error; the intended status is sandbox_crashed.
@@ -726,24 +729,26 @@ pub const CASES: &[Case] = &[
     Case {
         number: 35,
         name: "env leakage",
-        script: "env | cut -d= -f1 | sort | tr '\\n' ' '; echo; cat /proc/1/environ; echo environ-rc=$?; grep -r -l KILN_CANARY /run /tmp /work /etc 2>/dev/null; echo scanned",
+        script: "env | cut -d= -f1 | sort | tr '\\n' ' '; echo; cat /proc/1/environ; echo environ-rc=$?; grep -r -l kiln-canary /run /tmp /work /etc /kiln 2>/dev/null; echo scanned; grep -c kiln-canary /proc/self/mountinfo; echo mounts-scanned",
         step_timeout_secs: 10,
         runc: Expect {
             status: "succeeded",
-            output: &["environ-rc=1", "scanned"],
-            absent: &["KILN_CANARY", "sk-", "TOKEN", "SECRET"],
+            output: &["environ-rc=1", "scanned", "mounts-scanned"],
+            absent: &["kiln-canary", "sk-", "TOKEN", "SECRET", "API_KEY"],
             events: NONE,
             summary: "minimal env, /proc/1/environ EACCES, no canary",
         },
         runsc: OnRunsc::Differs(Expect {
             status: "succeeded",
             output: &["environ-rc=0", "HOME=/work", "scanned"],
-            absent: &["KILN_CANARY", "sk-", "TOKEN", "SECRET"],
+            absent: &["kiln-canary", "sk-", "TOKEN", "SECRET", "API_KEY"],
             events: NONE,
             summary: "PID 1 environ readable (runsc, known) but holds only PATH, HOSTNAME, HOME, LANG, KILN_EXECUTION_ID",
         }),
+        // The harness starts `kiln serve` with canary model keys in its
+        // environment (OPENAI_API_KEY, ANTHROPIC_API_KEY = sk-kiln-canary-...).
         fixme: Some(
-            "no model key is configured yet (issue 6); the canary scan looks for a marker that is never set",
+            "canary keys sit in the controller's environment only; a key in the gateway's own config (issue 6) is not scanned yet",
         ),
     },
     Case {

@@ -21,7 +21,7 @@ mod table;
 
 use std::time::Duration;
 
-use kiln_e2e::server::{KilnServer, require_docker_and_images};
+use kiln_e2e::server::{CANARY_KEY, KilnServer, require_docker_and_images};
 
 /// One suite at a time.
 static SUITE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -129,6 +129,16 @@ async fn hostile_catalogue_is_contained_on_runc_and_runsc() {
         .wait_for_no_leftovers(Duration::from_secs(60))
         .await
         .expect("no container or socket dir left after the suite");
+    // Neither the canary model key nor the admin token is ever logged.
+    let log = server.log_text();
+    assert!(
+        !log.contains(CANARY_KEY),
+        "the controller log holds the canary key"
+    );
+    assert!(
+        !log.contains(&server.token),
+        "the controller log holds the admin token"
+    );
     assert!(
         failures.is_empty(),
         "{} of {} case runs failed:\n{}",

@@ -17,10 +17,10 @@ use super::{Runtime, SUITE_LOCK, start_server};
 
 const N_EXECUTIONS: usize = 100;
 const PARALLEL: usize = 4;
-/// Cheap hostile cases that end fast: memory bomb, tmpfs fill, nofile,
-/// timeout, kill the agent, capabilities, seccomp, rootfs, artifact links,
-/// zombies.
-const MIX: &[u32] = &[3, 5, 8, 10, 13, 16, 20, 28, 44, 12];
+/// Hostile cases that end fast: fork bomb, memory bomb, tmpfs fill,
+/// stdout flood, nofile, timeout, kill the agent, capabilities, seccomp,
+/// rootfs, artifact links, zombies, artifact count.
+const MIX: &[u32] = &[1, 3, 5, 6, 8, 10, 13, 16, 20, 28, 44, 12, 45];
 /// Controller RSS may not grow more than this over the soak.
 const RSS_GROWTH_LIMIT_KIB: u64 = 64 * 1024;
 
