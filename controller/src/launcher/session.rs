@@ -705,7 +705,8 @@ impl Session {
     async fn on_command(&mut self, command: Command) -> Result<(), String> {
         match command {
             Command::Cancel { reason } => {
-                if self.cancel_requested {
+                // After `Done` the run is over: a late cancel changes nothing.
+                if self.cancel_requested || self.agent_done.is_some() {
                     return Ok(());
                 }
                 tracing::info!(%reason, "cancel requested");
