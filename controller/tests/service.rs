@@ -1460,3 +1460,48 @@ async fn oom_of_a_step_is_reported_as_oom_even_though_the_agent_survives() {
     assert_eq!(embedded.n_containers().await, 0);
     embedded.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runsc_class_connects_through_the_socket_identity_checks() {
+    let root = tempfile::tempdir().unwrap();
+    let mut config = (*test_config(root.path()).await).clone();
+    for class in config.sandbox.classes.values_mut() {
+        class.runtime = controller::config::RuntimeKind::Runsc;
+        class.pids = 512;
+    }
+    let shutdown = CancellationToken::new();
+    let controller = serve::start(Arc::new(config), shutdown.clone())
+        .await
+        .unwrap();
+    let embedded = Embedded {
+        guard: ContainerGuard {
+            instance: controller.launcher.instance.clone(),
+        },
+        controller,
+        shutdown,
+    };
+    let execution_id = embedded.submit(THREE_STEPS).await;
+    assert_eq!(
+        embedded.wait_final(&execution_id).await,
+        ExecutionStatus::Succeeded
+    );
+    let events = all_events(&embedded, &execution_id).await;
+    let started = serde_json::to_value(&events[1].body).unwrap();
+    assert_eq!(started["event"]["type"], "container_started");
+    assert_eq!(started["event"]["runtime"], "runsc");
+    // No connection was refused on the way (peer uid and cgroup checks hold under gVisor).
+    let audit = embedded
+        .controller
+        .launcher
+        .store
+        .list_audit(Some(&execution_id), 100)
+        .await
+        .unwrap();
+    assert!(
+        audit
+            .iter()
+            .all(|entry| entry.action != "connection_rejected")
+    );
+    assert_eq!(embedded.n_containers().await, 0);
+    embedded.stop().await;
+}
