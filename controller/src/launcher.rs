@@ -40,10 +40,6 @@ use crate::sandbox::{
 use crate::store::{Execution, ExecutionStatus, LaunchRecord, Store};
 use session::{Ending, SessionParts};
 
-/// The custom seccomp profile (Docker's default minus io_uring, exotic socket
-/// families, ptrace & co, the new mount API; x86-64 only). Compiled in, so a
-/// controller cannot start containers without it.
-pub const SECCOMP_PROFILE: &str = include_str!("../../runtime-image/seccomp/kiln.json");
 
 /// The one place that spawns background tasks. Shutdown: cancel the token
 /// (everything stops claiming and detaches), then [`Tasks::drain`].
@@ -257,7 +253,7 @@ impl Launcher {
             step_gid: step_uid,
             socket_dir: endpoint.dir().to_path_buf(),
             instance_label: self.instance.clone(),
-            seccomp_json: SECCOMP_PROFILE.to_owned(),
+            seccomp_json: crate::sandbox::image::SECCOMP_PROFILE_JSON.to_owned(),
         };
         let profile = crate::sandbox::profile(&spec);
         let created_at = std::time::Instant::now();

@@ -8,8 +8,8 @@
 //!   → container: sandbox-agent → link ──protocol──▶ agent_link → relay → store + user WS
 //! ```
 
-pub mod api;
 pub mod agent_link;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod gateway;
