@@ -97,7 +97,7 @@ pub const CASES: &[Case] = &[
             summary: "Sentry dies (ptrace platform); reported protocol_error today (intended: sandbox_crashed)",
         }),
         fixme: Some(
-            "no pids_exceeded status exists (runc: the bomb is contained by the pids cgroup and the step ends normally); runsc: a Sentry crash is reported protocol_error (connection reset), intended sandbox_crashed",
+            "no pids_exceeded status exists (runc: the bomb is contained by the pids cgroup and reported as a failed step, killed at its timeout); runsc: a Sentry crash is reported protocol_error (connection reset), intended sandbox_crashed",
         ),
     },
     Case {

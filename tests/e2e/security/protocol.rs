@@ -5,6 +5,10 @@
 //! half-open handshake. Each attempt is refused, and the execution finishes
 //! `succeeded` with nothing forged in its events.
 //!
+//! An event flood from a compromised agent (the link's token bucket) can
+//! only come from the admitted peer, so it belongs to the controller's own
+//! tests; from a step, the reachable flood is output (case 42, 20k lines).
+//!
 //! The same attacks against the link endpoint alone (exact reject reasons,
 //! token burning, session keys, handshake timeout) are covered by
 //! `controller/tests/service.rs`; from inside a sandbox a step cannot even
