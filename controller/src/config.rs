@@ -21,6 +21,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::gateway::GatewayConfig;
+use crate::gateway::config::{KeySource, LoadKeyError, load_api_key};
+
 /// The lowest UID Kiln may give a step: the reserved range is 200000..=265535.
 pub const UID_RANGE_MIN: u32 = 200_000;
 /// The highest UID Kiln may give a step.
@@ -54,6 +57,9 @@ pub struct Config {
     pub queue: QueueConfig,
     pub retention: RetentionConfig,
     pub sandbox: SandboxConfig,
+    /// Model providers for agent steps (none by default: agent steps are
+    /// then refused at intake). See `docs/model-gateway.md`.
+    pub gateway: GatewayConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -282,6 +288,7 @@ impl Config {
                 ConfigError::new(key_of_serde_error(&path), message)
             })?;
         config.validate()?;
+        check_api_keys(&config.gateway, env)?;
         Ok(config)
     }
 
@@ -426,6 +433,9 @@ impl Config {
                 ),
             ));
         }
+        self.gateway
+            .validate()
+            .map_err(|error| ConfigError::new(error.key, error.message))?;
         Ok(())
     }
 
@@ -485,6 +495,34 @@ impl Config {
         )?;
         Ok(())
     }
+}
+
+/// Every provider's API key can be loaded from its source. The key itself is
+/// dropped at once (the gateway loads it again when it starts); an error
+/// names the key's source and its configuration key, never the key.
+fn check_api_keys(
+    gateway: &GatewayConfig,
+    env: &BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
+    for (idx, provider) in gateway.providers.iter().enumerate() {
+        if let Err(error) = load_api_key(provider, env) {
+            let field = match &error {
+                LoadKeyError::Missing { origin, .. }
+                | LoadKeyError::Unreadable { origin, .. }
+                | LoadKeyError::Empty { origin, .. }
+                | LoadKeyError::TooLarge { origin, .. }
+                | LoadKeyError::Invalid { origin, .. } => match origin {
+                    KeySource::Env(_) => "api_key_env",
+                    KeySource::File(_) => "api_key_file",
+                },
+            };
+            return Err(ConfigError::new(
+                format!("gateway.providers[{idx}].{field}"),
+                error.to_string(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn is_valid_class_name(name: &str) -> bool {

@@ -156,3 +156,62 @@ fn request_body_limit_covers_the_largest_valid_submission() {
         + u64::from(limits.max_files) * limits.max_file_bytes;
     assert!(limits.request_body_bytes() as u64 > largest);
 }
+
+const LOCAL_PROVIDER: &str = "[[gateway.providers]]\nname = \"local\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:11434/v1\"\ndefault_model = \"llama3.2\"\n";
+
+#[test]
+fn gateway_defaults_to_no_providers() {
+    let config = Config::load(None, &BTreeMap::new()).expect("defaults are valid");
+    assert!(!config.gateway.has_providers());
+}
+
+#[test]
+fn gateway_section_is_read_and_validated() {
+    let config = load(LOCAL_PROVIDER).expect("a local provider needs no key");
+    assert!(config.gateway.has_providers());
+    assert_eq!(config.gateway.providers[0].name, "local");
+    let cases: &[(&str, &str)] = &[
+        (
+            "[[gateway.providers]]\nname = \"local\"\nkind = \"openai\"\nbase_url = \"ftp://x\"\ndefault_model = \"m\"\n",
+            "gateway.providers[0].base_url",
+        ),
+        (
+            "[[gateway.providers]]\nname = \"local\"\nkind = \"openai\"\nbase_url = \"http://x\"\ndefault_model = \"m\"\ntimeout = 3\n",
+            "gateway.providers[0].timeout",
+        ),
+        (
+            "[gateway]\ndefault_provider = \"nope\"\n",
+            "gateway.default_provider",
+        ),
+        (
+            "[gateway.retry]\nmax_attempts = 0\n",
+            "gateway.retry.max_attempts",
+        ),
+    ];
+    for (text, key) in cases {
+        assert_eq!(error_key(text), *key, "for config:\n{text}");
+    }
+}
+
+#[test]
+fn a_missing_key_source_names_the_source_never_the_key() {
+    let text = format!("{LOCAL_PROVIDER}api_key_env = \"KILN_TEST_CANARY_KEY\"\n");
+    let error = Config::load(Some(&text), &BTreeMap::new()).expect_err("the key is missing");
+    assert_eq!(error.key, "gateway.providers[0].api_key_env");
+    assert_eq!(
+        error.to_string(),
+        "invalid configuration at `gateway.providers[0].api_key_env`: api key for provider `local`: environment variable `KILN_TEST_CANARY_KEY` is missing"
+    );
+    let canary = "sk-canary-0123456789";
+    let ok = Config::load(Some(&text), &env(&[("KILN_TEST_CANARY_KEY", canary)]))
+        .expect("the key is there");
+    assert!(!format!("{ok:?}").contains(canary));
+
+    let file = format!("{LOCAL_PROVIDER}api_key_file = \"/nonexistent/kiln/key\"\n");
+    let error = Config::load(Some(&file), &BTreeMap::new()).expect_err("the file is missing");
+    assert_eq!(error.key, "gateway.providers[0].api_key_file");
+    assert_eq!(
+        error.message,
+        "api key for provider `local`: file `/nonexistent/kiln/key` is missing"
+    );
+}
