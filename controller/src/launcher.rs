@@ -32,6 +32,7 @@ pub use session::{CANCEL_GRACE, EXIT_GRACE, MAX_BATCH};
 
 use crate::agent_link::{self, LinkEndpoint};
 use crate::config::{ClassConfig, Config, RuntimeKind};
+use crate::gateway::Gateway;
 use crate::relay::{Hub, Relay};
 use crate::sandbox::{
     ContainerHandle, ContainerSpec, ExitReport, Runtime, Sandbox, SandboxLimits, SandboxVerdict,
@@ -39,7 +40,6 @@ use crate::sandbox::{
 };
 use crate::store::{Execution, ExecutionStatus, LaunchRecord, Store};
 use session::{Ending, SessionParts};
-
 
 /// The one place that spawns background tasks. Shutdown: cancel the token
 /// (everything stops claiming and detaches), then [`Tasks::drain`].
@@ -139,6 +139,8 @@ pub struct Launcher {
     /// and (exclusive) by the periodic reaper while it decides what is an
     /// orphan: a container being created is never mistaken for one.
     pub creation_gate: Arc<tokio::sync::RwLock<()>>,
+    /// The model gateway every session's agent steps call through.
+    pub gateway: Arc<Gateway>,
 }
 
 /// A shared hold on [`Launcher::creation_gate`].
@@ -158,6 +160,7 @@ impl Launcher {
         hub: Hub<ExecutionEvent>,
         control: Control,
         instance: String,
+        gateway: Arc<Gateway>,
     ) -> Launcher {
         let uids = UidPool::new(config.sandbox.uid_range_start, config.sandbox.uid_range_end);
         Launcher {
@@ -169,6 +172,7 @@ impl Launcher {
             uids,
             instance,
             creation_gate: Arc::default(),
+            gateway,
         }
     }
 
@@ -312,6 +316,8 @@ impl Launcher {
             last_acked_seq: 0,
             deadline,
             max_artifact_bytes: self.max_artifact_bytes(),
+            gateway: Arc::clone(&self.gateway),
+            owner_token_id: execution.owner_token_id.clone(),
             cancel_before_start: false,
         };
         let ending = session::run(parts, shutdown).await;
@@ -396,6 +402,8 @@ impl Launcher {
             last_acked_seq: execution.last_acked_seq,
             deadline: Duration::from_millis(u64::try_from(remaining_ms).unwrap_or(0)),
             max_artifact_bytes: self.max_artifact_bytes(),
+            gateway: Arc::clone(&self.gateway),
+            owner_token_id: execution.owner_token_id.clone(),
             cancel_before_start,
         };
         tracing::info!("taking back a running execution");

@@ -1,7 +1,8 @@
 //! Stage: start-up and shutdown. `kiln serve` (and the embedded controller of
 //! `kiln run`) in the order the style guide asks for:
 //!
-//! 1. configuration, read and validated by the caller before anything else;
+//! 1. configuration, read and validated by the caller before anything else,
+//!    then the model gateway (provider keys loaded, one HTTP client each);
 //! 2. the data and run directories, the store, migrations;
 //! 3. the admin token on first start (shown once, only its hash is stored);
 //! 4. Docker, and the host preflight (Docker, runc, kernel and runsc versions
@@ -15,6 +16,7 @@
 //! the next start takes them back) → drain with a grace period → log what
 //! did not finish.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{AppState, ReadinessCheck};
 use crate::config::Config;
+use crate::gateway::{AgentProfiles, Gateway, GatewayError};
 use crate::launcher::{Control, Launcher, Tasks};
 use crate::queue::Slots;
 use crate::reconcile::ReconcileReport;
@@ -59,6 +62,8 @@ pub enum StartError {
     Preflight(#[source] crate::sandbox::preflight::PreflightError),
     #[error("reconcile after restart")]
     Reconcile(#[source] crate::reconcile::ReconcileError),
+    #[error("set up the model gateway")]
+    Gateway(#[source] GatewayError),
 }
 
 /// A started controller: everything runs except the API listener.
@@ -86,11 +91,37 @@ pub async fn start(
     start_with(config, shutdown, StartOptions::default()).await
 }
 
-/// Steps 2-6 of the start-up story. `config` is already validated.
+/// Steps 2-6 of the start-up story. `config` is already validated; the
+/// gateway's keys are read from the process environment (or their files).
 pub async fn start_with(
     config: Arc<Config>,
     shutdown: CancellationToken,
     options: StartOptions,
+) -> Result<Controller, StartError> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let gateway = build_gateway(&config, &env)?;
+    start_with_gateway(config, shutdown, options, gateway).await
+}
+
+/// The model gateway of `config`: keys loaded from `env` or their files, one
+/// HTTP client per provider, the built-in agent profiles. Built once, before
+/// Docker; every execution's session shares it.
+pub fn build_gateway(
+    config: &Config,
+    env: &BTreeMap<String, String>,
+) -> Result<Arc<Gateway>, StartError> {
+    Gateway::new(config.gateway.clone(), AgentProfiles::builtin(), env)
+        .map(Arc::new)
+        .map_err(StartError::Gateway)
+}
+
+/// [`start_with`] with a gateway the caller built (tests pass a canary key
+/// through a map instead of the process environment).
+pub async fn start_with_gateway(
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+    options: StartOptions,
+    gateway: Arc<Gateway>,
 ) -> Result<Controller, StartError> {
     let data_dir = &config.server.data_dir;
     create_dir(data_dir, 0o700)?;
@@ -127,6 +158,7 @@ pub async fn start_with(
         hub.clone(),
         control.clone(),
         instance.clone(),
+        gateway,
     );
     let tasks = Tasks::new(shutdown);
     let slots = Slots::new(config.queue.concurrency);

@@ -1,21 +1,31 @@
 //! One execution's life with its agent: the event loop that connects the
-//! container, the agent link, the relay and the API's commands.
+//! container, the agent link, the relay, the model gateway and the API's
+//! commands.
 //!
 //! The loop `select!`s over a closed set of [`Wake`]s: the container stopped,
 //! an agent connected, a message arrived, a command came from the API, an
-//! approval gate timed out, a heartbeat is due, a grace period ran out, or the
-//! controller shuts down. Every path ends in [`Ending`]; the caller turns it
+//! approval gate timed out, a model call streamed or finished, a heartbeat is
+//! due, a grace period ran out, or the controller shuts down.
+//!
+//! Model calls: each `ModelRequest` runs in its own task (the one place this
+//! session spawns, in a `JoinSet` it owns, so every call is aborted when the
+//! session ends). The task streams token batches back to the loop, which
+//! forwards them to the agent (when it asked for chunks) and records them as
+//! live `step_output` events; then the completion or the error. Requests are
+//! deduplicated by `request_id`; `ModelCancel` and an execution cancel abort
+//! the call, and the provider sees the connection close. Every path ends in [`Ending`]; the caller turns it
 //! into a final status (or, on shutdown, leaves the container running for the
 //! next controller to take back).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
 use protocol::{
     AgentMessage, ApprovalChoice, ArtifactChunk, ArtifactRejectReason, ControllerEvent,
-    ControllerMessage, EventBody, Job, ModelErrorCode, ModelResponse, ModelResponseBody, Outcome,
-    SandboxEvent,
+    ControllerMessage, EngineEvent, EventBody, Job, ModelErrorCode, ModelRequest, ModelResponse,
+    ModelResponseBody, Outcome, SandboxEvent,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -24,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::control::{Command, Control};
 use crate::agent_link::{Accepted, Admission, AgentConnection, LinkEndpoint, LinkError, Received};
+use crate::gateway::{CallError, CallScope, ChunkBatcher, Gateway, ProviderError, ResolveInput};
 use crate::relay::{Relay, RelayError};
 use crate::sandbox::{ContainerHandle, ExitReport, Sandbox, SandboxError};
 use crate::store::{ApprovalDecision, AuditEntry, NewApproval, Store, StoreError};
@@ -36,6 +47,18 @@ pub const CANCEL_GRACE: Duration = Duration::from_secs(10);
 pub const EXIT_GRACE: Duration = Duration::from_secs(10);
 /// After the container exited, how long we still read what the agent sent.
 pub const FINAL_READ_GRACE: Duration = Duration::from_secs(2);
+/// Most model calls of one execution in flight at once; more are refused
+/// with `invalid_request` (the agent runs at most a few agent steps at once).
+pub const MAX_MODEL_CALLS_IN_FLIGHT: usize = 16;
+/// Most answered model calls remembered (to answer a request the agent
+/// resends after a reconnect); the oldest are forgotten first.
+pub const MAX_MODEL_ANSWERS_KEPT: usize = 32;
+/// Live token batches: flushed at this size...
+pub const LIVE_MIN_BYTES: usize = 256;
+/// ...never larger than this...
+pub const LIVE_MAX_BYTES: usize = 16 * 1024;
+/// ...and at the latest this long after their first token.
+pub const LIVE_MAX_DELAY: Duration = Duration::from_millis(250);
 
 /// What the loop needs that outlives it.
 pub struct SessionParts {
@@ -53,6 +76,10 @@ pub struct SessionParts {
     pub deadline: Duration,
     pub max_artifact_bytes: u64,
     pub cancel_before_start: bool,
+    /// Answers the agent's model requests.
+    pub gateway: Arc<Gateway>,
+    /// Who model calls are billed to (the execution owner's token id).
+    pub owner_token_id: String,
 }
 
 /// How the loop ended.
@@ -77,6 +104,8 @@ enum Wake {
     Received(Result<Received, LinkError>),
     Command(Option<Command>),
     GateTimeout(u64),
+    Model(ModelUpdate),
+    ModelTaskEnded(Result<(), tokio::task::JoinError>),
     Heartbeat,
     GraceOver,
     Shutdown,
@@ -87,6 +116,35 @@ struct Gate {
     default: ApprovalChoice,
     timeout_at: Option<Instant>,
     decision: Option<protocol::ApprovalDecision>,
+}
+
+/// What a model call task tells the session loop.
+enum ModelUpdate {
+    /// A batch of streamed answer text.
+    Tokens {
+        request_id: u64,
+        step_id: String,
+        text: String,
+    },
+    /// A note from resolution (a dropped override, a fallback).
+    Note { step_id: String, message: String },
+    /// The call is over: the final response, or None when it was cancelled
+    /// (the agent no longer waits for it).
+    Finished {
+        request_id: u64,
+        body: Option<ModelResponseBody>,
+    },
+}
+
+/// A model request the session knows, by the agent's `request_id`.
+enum ModelCall {
+    Running {
+        cancel: CancellationToken,
+        /// The agent asked for `chunk` responses.
+        wants_chunks: bool,
+    },
+    /// Kept to answer the same request again after a reconnect.
+    Answered { body: ModelResponseBody },
 }
 
 /// An artifact being received, chunk by chunk, in memory (bounded).
@@ -109,6 +167,14 @@ struct Session {
     last_heard: Instant,
     grace_until: Option<Instant>,
     kill: CancellationToken,
+    models: BTreeMap<u64, ModelCall>,
+    /// The model call tasks; dropping the set (the session ended) aborts them.
+    model_tasks: tokio::task::JoinSet<()>,
+    /// Unbounded, but bounded in total: a call's text is at most the
+    /// gateway's `max_answer_bytes`, and at most
+    /// [`MAX_MODEL_CALLS_IN_FLIGHT`] calls run at once.
+    model_updates_sender: mpsc::UnboundedSender<ModelUpdate>,
+    model_updates: mpsc::UnboundedReceiver<ModelUpdate>,
 }
 
 /// Run the loop until the container stops or the controller shuts down.
@@ -125,6 +191,7 @@ pub async fn run(parts: SessionParts, shutdown: CancellationToken) -> Ending {
     };
     tokio::pin!(container);
 
+    let (model_updates_sender, model_updates) = mpsc::unbounded_channel();
     let mut session = Session {
         next_agent_seq: parts.last_acked_seq + 1,
         cancel_requested: parts.cancel_before_start,
@@ -139,6 +206,10 @@ pub async fn run(parts: SessionParts, shutdown: CancellationToken) -> Ending {
         last_heard: Instant::now(),
         grace_until: None,
         kill,
+        models: BTreeMap::new(),
+        model_tasks: tokio::task::JoinSet::new(),
+        model_updates_sender,
+        model_updates,
     };
     if session.cancel_requested {
         session.arm_grace(CANCEL_GRACE);
@@ -161,6 +232,10 @@ pub async fn run(parts: SessionParts, shutdown: CancellationToken) -> Ending {
                 Wake::Incoming(incoming)
             }
             request_id = sleep_until_gate(gate_timeout) => Wake::GateTimeout(request_id),
+            Some(update) = session.model_updates.recv() => Wake::Model(update),
+            Some(ended) = session.model_tasks.join_next(), if !session.model_tasks.is_empty() => {
+                Wake::ModelTaskEnded(ended)
+            }
             () = sleep_until(grace_until) => Wake::GraceOver,
             _ = heartbeat.tick() => Wake::Heartbeat,
         };
@@ -187,6 +262,15 @@ pub async fn run(parts: SessionParts, shutdown: CancellationToken) -> Ending {
             }
             Wake::Incoming(Err(error)) => session.on_accepted(Err(error)).await,
             Wake::GateTimeout(request_id) => session.on_gate_timeout(request_id).await,
+            Wake::Model(update) => session.on_model_update(update).await,
+            Wake::ModelTaskEnded(ended) => {
+                if let Err(error) = ended
+                    && error.is_panic()
+                {
+                    tracing::error!(%error, "a model call task panicked");
+                }
+                Ok(())
+            }
             Wake::GraceOver => {
                 tracing::info!("grace period over: killing the container");
                 session.grace_until = None;
@@ -447,7 +531,14 @@ impl Session {
         }
         match message {
             AgentMessage::Hello(_) => Ok(Err("hello after the handshake".to_owned())),
-            AgentMessage::Heartbeat { .. } | AgentMessage::ModelCancel { .. } => Ok(Ok(())),
+            AgentMessage::Heartbeat { .. } => Ok(Ok(())),
+            AgentMessage::ModelCancel { request_id } => {
+                if let Some(ModelCall::Running { cancel, .. }) = self.models.get(&request_id) {
+                    tracing::info!(request_id, "model call cancelled by the agent");
+                    cancel.cancel();
+                }
+                Ok(Ok(()))
+            }
             AgentMessage::Event(event) => Ok(self.check_seq(event.seq).map(|is_new| {
                 if is_new {
                     batch.push(event.body.into());
@@ -471,16 +562,7 @@ impl Session {
                 self.on_approval_request(request).await.map(Ok)
             }
             AgentMessage::ModelRequest(request) => {
-                // No model gateway in this controller yet: answer at once so
-                // the step fails with a clear code instead of waiting.
-                self.send(ControllerMessage::ModelResponse(ModelResponse {
-                    request_id: request.request_id,
-                    body: ModelResponseBody::Error {
-                        code: ModelErrorCode::Unavailable,
-                        message: "no model gateway is configured on this controller".to_owned(),
-                    },
-                }))
-                .await;
+                self.on_model_request(request).await;
                 Ok(Ok(()))
             }
         }
@@ -711,6 +793,12 @@ impl Session {
                 }
                 tracing::info!(%reason, "cancel requested");
                 self.cancel_requested = true;
+                // Model calls stop now, not when the agent gets to them.
+                for call in self.models.values() {
+                    if let ModelCall::Running { cancel, .. } = call {
+                        cancel.cancel();
+                    }
+                }
                 self.parts
                     .relay
                     .record_controller(ControllerEvent::CancelRequested {
@@ -740,6 +828,146 @@ impl Session {
                 self.decide(request_id, choice, decision.by, decision.message)
                     .await
             }
+        }
+    }
+
+    /// A model request: answered again if known, else one gateway call in
+    /// its own task.
+    async fn on_model_request(&mut self, request: ModelRequest) {
+        let request_id = request.request_id;
+        match self.models.get(&request_id) {
+            // Resent after a reconnect while the call still runs: the
+            // answer comes when it is ready.
+            Some(ModelCall::Running { .. }) => return,
+            Some(ModelCall::Answered { body }) => {
+                let body = body.clone();
+                self.send(ControllerMessage::ModelResponse(ModelResponse {
+                    request_id,
+                    body,
+                }))
+                .await;
+                return;
+            }
+            None => {}
+        }
+        let n_running = self
+            .models
+            .values()
+            .filter(|call| matches!(call, ModelCall::Running { .. }))
+            .count();
+        if n_running >= MAX_MODEL_CALLS_IN_FLIGHT {
+            let body = ModelResponseBody::Error {
+                code: ModelErrorCode::InvalidRequest,
+                message: format!(
+                    "too many model calls in flight (at most {MAX_MODEL_CALLS_IN_FLIGHT})"
+                ),
+            };
+            self.send(ControllerMessage::ModelResponse(ModelResponse {
+                request_id,
+                body,
+            }))
+            .await;
+            return;
+        }
+        let cancel = self.kill.child_token();
+        if self.cancel_requested {
+            cancel.cancel();
+        }
+        self.models.insert(
+            request_id,
+            ModelCall::Running {
+                cancel: cancel.clone(),
+                wants_chunks: request.stream,
+            },
+        );
+        let scope = CallScope {
+            user: self.parts.owner_token_id.clone(),
+            execution: self.execution_id().to_owned(),
+            step_id: request.step_id.clone(),
+        };
+        let gateway = Arc::clone(&self.parts.gateway);
+        let updates = self.model_updates_sender.clone();
+        let span = tracing::info_span!("model_call", request_id, step_id = %request.step_id);
+        self.model_tasks.spawn(tracing::Instrument::instrument(
+            run_model_call(gateway, scope, request, cancel, updates),
+            span,
+        ));
+    }
+
+    async fn on_model_update(&mut self, update: ModelUpdate) -> Result<(), String> {
+        match update {
+            ModelUpdate::Tokens {
+                request_id,
+                step_id,
+                text,
+            } => {
+                let Some(ModelCall::Running { wants_chunks, .. }) = self.models.get(&request_id)
+                else {
+                    return Ok(());
+                };
+                if *wants_chunks {
+                    let body = ModelResponseBody::Chunk { text: text.clone() };
+                    self.send(ControllerMessage::ModelResponse(ModelResponse {
+                        request_id,
+                        body,
+                    }))
+                    .await;
+                }
+                // No protocol event carries model text, so live tokens are the
+                // agent step's `step_output` (stdout); they count against the
+                // execution's output cap like any other output.
+                let event = EngineEvent::StepOutput {
+                    step_id,
+                    stream: recipe::event::OutputStream::Stdout,
+                    text,
+                };
+                self.parts
+                    .relay
+                    .record(vec![EventBody::Engine(event)])
+                    .await
+                    .map_err(relay_error)?;
+                Ok(())
+            }
+            ModelUpdate::Note { step_id, message } => {
+                let event = EngineEvent::Warning {
+                    step_id: Some(step_id),
+                    message,
+                };
+                self.parts
+                    .relay
+                    .record(vec![EventBody::Engine(event)])
+                    .await
+                    .map_err(relay_error)?;
+                Ok(())
+            }
+            ModelUpdate::Finished { request_id, body } => {
+                let Some(body) = body else {
+                    self.models.remove(&request_id);
+                    return Ok(());
+                };
+                self.models
+                    .insert(request_id, ModelCall::Answered { body: body.clone() });
+                self.forget_old_answers();
+                self.send(ControllerMessage::ModelResponse(ModelResponse {
+                    request_id,
+                    body,
+                }))
+                .await;
+                Ok(())
+            }
+        }
+    }
+
+    fn forget_old_answers(&mut self) {
+        let answered: Vec<u64> = self
+            .models
+            .iter()
+            .filter(|(_, call)| matches!(call, ModelCall::Answered { .. }))
+            .map(|(request_id, _)| *request_id)
+            .collect();
+        let n_extra = answered.len().saturating_sub(MAX_MODEL_ANSWERS_KEPT);
+        for request_id in answered.into_iter().take(n_extra) {
+            self.models.remove(&request_id);
         }
     }
 
@@ -790,6 +1018,106 @@ impl Session {
             },
         }
     }
+}
+
+/// One model call: resolve, budget, stream from the provider (token
+/// batches to the loop as they come), then the final response.
+async fn run_model_call(
+    gateway: Arc<Gateway>,
+    scope: CallScope,
+    request: ModelRequest,
+    cancel: CancellationToken,
+    updates: mpsc::UnboundedSender<ModelUpdate>,
+) {
+    let request_id = request.request_id;
+    let mut notes = Vec::new();
+    let input = ResolveInput::from_model_request(&request, &mut notes);
+    let batcher = std::sync::Mutex::new(ChunkBatcher::new(
+        LIVE_MIN_BYTES,
+        LIVE_MAX_BYTES,
+        LIVE_MAX_DELAY,
+    ));
+    let send_tokens = |batches: Vec<String>| {
+        for text in batches {
+            let _ = updates.send(ModelUpdate::Tokens {
+                request_id,
+                step_id: scope.step_id.clone(),
+                text,
+            });
+        }
+    };
+    let mut on_chunk = |text: &str| {
+        let ready = batcher
+            .lock()
+            .expect("chunk batcher lock poisoned")
+            .push(text, std::time::Instant::now());
+        send_tokens(ready);
+    };
+    let mut on_retry = |notice: &crate::gateway::retry::RetryNotice| {
+        tracing::info!(
+            attempt = notice.attempt,
+            delay_ms = notice.delay.as_millis() as u64,
+            error = %notice.error,
+            "model call retried"
+        );
+    };
+    let call = gateway.call(&scope, &input, &cancel, &mut on_chunk, &mut on_retry);
+    tokio::pin!(call);
+    let result = loop {
+        let deadline = batcher
+            .lock()
+            .expect("chunk batcher lock poisoned")
+            .next_deadline();
+        tokio::select! {
+            result = &mut call => break result,
+            () = sleep_until(deadline.map(Instant::from_std)) => {
+                let ready = batcher
+                    .lock()
+                    .expect("chunk batcher lock poisoned")
+                    .flush_due(std::time::Instant::now());
+                send_tokens(ready);
+            }
+        }
+    };
+    let rest = batcher
+        .lock()
+        .expect("chunk batcher lock poisoned")
+        .finish();
+    send_tokens(rest.into_iter().collect());
+    if let Ok(outcome) = &result {
+        notes.extend(outcome.resolution.notes.iter().cloned());
+    }
+    for message in notes {
+        let _ = updates.send(ModelUpdate::Note {
+            step_id: scope.step_id.clone(),
+            message,
+        });
+    }
+    let body = match result {
+        Ok(outcome) => {
+            let usage = &outcome.completion.usage;
+            tracing::info!(
+                provider = %outcome.resolution.request.provider,
+                model = %outcome.completion.model,
+                input_tokens = usage.input_tokens,
+                output_tokens = usage.output_tokens,
+                "model call completed"
+            );
+            Some(outcome.to_wire())
+        }
+        Err(CallError::Provider {
+            error: ProviderError::Cancelled,
+            ..
+        }) => {
+            tracing::info!("model call cancelled");
+            None
+        }
+        Err(error) => {
+            tracing::info!(code = ?error.code(), %error, "model call failed");
+            Some(error.to_wire())
+        }
+    };
+    let _ = updates.send(ModelUpdate::Finished { request_id, body });
 }
 
 fn protocol_reason(error: &LinkError) -> &'static str {
