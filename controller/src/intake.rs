@@ -6,13 +6,21 @@
 //! resolvable sub-recipes), refuses anything with an error diagnostic, and keeps
 //! the warnings. It does no HTTP: the API maps [`IntakeError`] to statuses.
 //!
+//! Agent names are checked against the built-in agent profiles (an unknown
+//! one is a warning: it runs with the default profile). When the operator
+//! configured no model provider, a submission with agent steps (in the recipe
+//! or in any sub-recipe it carries) is refused at once with
+//! `no-model-provider`, rather than accepted only to fail later; validation
+//! reports the same finding as a warning.
+//!
 //! It also renders diagnostics rustc-style for `kiln validate`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::LazyLock;
 
-use recipe::diagnostic::{Diagnostic, LineIndex, Severity};
+use recipe::diagnostic::{Diagnostic, LineIndex, Severity, Span};
 use recipe::model::{Body, Step, StepKind};
 use serde::Serialize;
 
@@ -217,7 +225,7 @@ pub fn check_recipe_files(
     let mut available: BTreeSet<String> = gallery_files.iter().cloned().collect();
     available.extend(files.keys().cloned());
     let options = recipe::CheckOptions {
-        known_agents: None,
+        known_agents: Some(KNOWN_AGENTS.clone()),
         available_recipes: Some(available.into_iter().collect()),
     };
     let mut all = Vec::new();
@@ -237,6 +245,95 @@ pub fn check_recipe_files(
         }
     }
     all
+}
+
+/// The agent names the built-in profiles answer to.
+static KNOWN_AGENTS: LazyLock<Vec<String>> =
+    LazyLock::new(|| crate::gateway::AgentProfiles::builtin().known_agents());
+
+/// Diagnostic code of an agent step on a controller with no model provider.
+pub const NO_MODEL_PROVIDER: &str = "no-model-provider";
+
+/// One `no-model-provider` diagnostic (of `severity`) per recipe file with
+/// agent steps, naming them. `main_file`/`source` is the recipe; `files` holds
+/// its sub-recipes (only `.yaml`/`.yml` files are recipes).
+pub fn no_model_provider_diagnostics(
+    main_file: &str,
+    source: &str,
+    files: &BTreeMap<String, String>,
+    severity: Severity,
+) -> Vec<FileDiagnostic> {
+    let recipe_files = std::iter::once((main_file, source)).chain(
+        files
+            .iter()
+            .filter(|(name, _)| name.ends_with(".yaml") || name.ends_with(".yml"))
+            .map(|(name, text)| (name.as_str(), text.as_str())),
+    );
+    let mut all = Vec::new();
+    for (file, text) in recipe_files {
+        let agent_steps = agent_steps(text);
+        let Some((first_path, first_span)) = agent_steps
+            .first()
+            .map(|(_, path, span)| (path.clone(), *span))
+        else {
+            continue;
+        };
+        let names: Vec<String> = agent_steps
+            .iter()
+            .map(|(step_id, _, _)| format!("`{step_id}`"))
+            .collect();
+        let (line, column) = LineIndex::new(text).line_col(text, first_span.start);
+        all.push(FileDiagnostic {
+            file: file.to_string(),
+            diagnostic: Diagnostic {
+                code: NO_MODEL_PROVIDER.to_string(),
+                severity,
+                message: format!(
+                    "no model provider is configured on this server, so agent step(s) {} cannot run",
+                    names.join(", ")
+                ),
+                path: first_path,
+                line,
+                column,
+                span: first_span,
+            },
+        });
+    }
+    all
+}
+
+/// `(step id, YAML path, span)` of every agent step, nested loop bodies
+/// included, in source order.
+fn agent_steps(source: &str) -> Vec<(String, String, Span)> {
+    let checked = recipe::check(source, &recipe::CheckOptions::default());
+    let Some(model) = checked.recipe else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    match &model.body {
+        Body::Flat(steps) => collect_agent_steps(steps, "steps", &mut found),
+        Body::Staged(stages) => {
+            for (stage_idx, stage) in stages.iter().enumerate() {
+                collect_agent_steps(
+                    &stage.steps,
+                    &format!("stages[{stage_idx}].steps"),
+                    &mut found,
+                );
+            }
+        }
+    }
+    found
+}
+
+fn collect_agent_steps(steps: &[Step], prefix: &str, found: &mut Vec<(String, String, Span)>) {
+    for (step_idx, step) in steps.iter().enumerate() {
+        let path = format!("{prefix}[{step_idx}]");
+        if !step.body.is_empty() {
+            collect_agent_steps(&step.body, &format!("{path}.steps"), found);
+        } else if let StepKind::Agent(_) = &step.kind {
+            found.push((step.id.clone(), path, step.span));
+        }
+    }
 }
 
 /// Checks a submission for `owner_token_id`: sizes, class, gallery, recipe.
@@ -276,11 +373,20 @@ pub fn check_submission(
         _ => return Err(IntakeError::RecipeSourceAmbiguous),
     };
     let gallery_files = gallery.file_names()?;
-    let diagnostics = check_recipe_files(&main_file, &source, &submission.files, &gallery_files);
+    let mut diagnostics =
+        check_recipe_files(&main_file, &source, &submission.files, &gallery_files);
     if diagnostics.iter().any(|item| item.diagnostic.is_error()) {
         return Err(IntakeError::InvalidRecipe { diagnostics });
     }
     let files = with_gallery_sub_recipes(gallery, &source, submission.files)?;
+    if !config.gateway.has_providers() {
+        // The gallery sub-recipes it pulls in count too: they would fail later.
+        let missing = no_model_provider_diagnostics(&main_file, &source, &files, Severity::Error);
+        if !missing.is_empty() {
+            diagnostics.extend(missing);
+            return Err(IntakeError::InvalidRecipe { diagnostics });
+        }
+    }
     Ok(Accepted {
         execution: NewExecution {
             owner_token_id: owner_token_id.to_string(),

@@ -259,3 +259,110 @@ fn renders_real_check_output() {
     );
     assert_eq!(render_diagnostics(GOOD, "good.yaml", &[]), "");
 }
+
+const AGENTS: &str = "name: mixed\ndescription: agent and bash\nversion: 1.0.0\nsteps:\n  - id: list\n    type: bash\n    command: ls\n  - id: think\n    agent: foundation:explorer\n    prompt: what is here\n  - id: review\n    agent: self\n    prompt: review it\n";
+
+fn with_local_provider() -> Config {
+    let mut config = Config::default();
+    config
+        .gateway
+        .providers
+        .push(crate::gateway::ProviderConfig {
+            name: "local".into(),
+            kind: crate::gateway::ProviderKind::OpenAi,
+            base_url: "http://127.0.0.1:9/v1".into(),
+            api_key_env: None,
+            api_key_file: None,
+            models: BTreeMap::new(),
+            default_model: "m".into(),
+            allow_unlisted_models: false,
+            request_timeout_secs: 60,
+            connect_timeout_secs: 5,
+        });
+    config
+}
+
+#[test]
+fn agent_steps_without_a_provider_are_refused_naming_them() {
+    let dir = gallery_dir();
+    let gallery = Gallery::new(dir.path());
+    let error = check_submission(&Config::default(), &gallery, submission(AGENTS), "tok")
+        .expect_err("no provider is configured");
+    let IntakeError::InvalidRecipe { diagnostics } = error else {
+        panic!("expected InvalidRecipe, got {error:?}");
+    };
+    let found: Vec<String> = diagnostics
+        .iter()
+        .map(|item| format!("{} {}", item.file, item.diagnostic))
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            "recipe error no-model-provider steps[1] 8:5 no model provider is configured on this server, so agent step(s) `think`, `review` cannot run"
+        ]
+    );
+
+    // A sub-recipe with an agent step counts too.
+    let mut files = BTreeMap::new();
+    files.insert("sub.yaml".to_string(), AGENTS.replace("mixed", "sub"));
+    let outer = "name: outer\ndescription: d\nversion: 1.0.0\nsteps:\n  - id: call\n    type: recipe\n    recipe: sub.yaml\n";
+    let error = check_submission(
+        &Config::default(),
+        &gallery,
+        Submission {
+            files,
+            ..submission(outer)
+        },
+        "tok",
+    )
+    .expect_err("the sub-recipe has agent steps");
+    let IntakeError::InvalidRecipe { diagnostics } = error else {
+        panic!("expected InvalidRecipe, got {error:?}");
+    };
+    assert_eq!(diagnostics.len(), 1);
+    assert_eq!(diagnostics[0].file, "sub.yaml");
+    assert_eq!(diagnostics[0].diagnostic.code, NO_MODEL_PROVIDER);
+
+    // Bash-only recipes are unaffected.
+    check_submission(&Config::default(), &gallery, submission(GOOD), "tok").unwrap();
+}
+
+#[test]
+fn agent_steps_with_a_provider_are_accepted_and_unknown_agents_warned() {
+    let dir = gallery_dir();
+    let recipe = AGENTS.replace("agent: self", "agent: nobody:knows");
+    let accepted = check_submission(
+        &with_local_provider(),
+        &Gallery::new(dir.path()),
+        submission(&recipe),
+        "tok",
+    )
+    .unwrap();
+    let codes: Vec<(&str, Severity)> = accepted
+        .warnings
+        .iter()
+        .map(|item| (item.diagnostic.code.as_str(), item.diagnostic.severity))
+        .collect();
+    assert_eq!(codes.len(), 1, "{:?}", accepted.warnings);
+    assert_eq!(codes[0].1, Severity::Warning);
+    assert!(
+        accepted.warnings[0]
+            .diagnostic
+            .message
+            .contains("nobody:knows"),
+        "{:?}",
+        accepted.warnings
+    );
+}
+
+#[test]
+fn validation_reports_a_missing_provider_as_a_warning() {
+    let diagnostics =
+        no_model_provider_diagnostics("recipe", AGENTS, &BTreeMap::new(), Severity::Warning);
+    assert_eq!(diagnostics.len(), 1);
+    assert_eq!(diagnostics[0].diagnostic.severity, Severity::Warning);
+    assert!(
+        no_model_provider_diagnostics("recipe", GOOD, &BTreeMap::new(), Severity::Warning)
+            .is_empty()
+    );
+}

@@ -632,15 +632,23 @@ pub async fn validate(
 ) -> Result<Json<Validated>, ApiError> {
     intake::check_sizes(state.config(), Some(&body.recipe), None, &body.files)?;
     let gallery = state.gallery().clone();
+    let has_providers = state.config().gateway.has_providers();
     let diagnostics = tokio::task::spawn_blocking(
         move || -> Result<Vec<FileDiagnostic>, intake::IntakeError> {
             let gallery_files = gallery.file_names()?;
-            Ok(intake::check_recipe_files(
-                "recipe",
-                &body.recipe,
-                &body.files,
-                &gallery_files,
-            ))
+            let mut diagnostics =
+                intake::check_recipe_files("recipe", &body.recipe, &body.files, &gallery_files);
+            if !has_providers {
+                // Validation judges the recipe; the server's missing
+                // provider is only a warning here (submitting refuses it).
+                diagnostics.extend(intake::no_model_provider_diagnostics(
+                    "recipe",
+                    &body.recipe,
+                    &body.files,
+                    recipe::diagnostic::Severity::Warning,
+                ));
+            }
+            Ok(diagnostics)
         },
     )
     .await
