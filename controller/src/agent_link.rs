@@ -590,6 +590,14 @@ fn classify_tungstenite_error(error: tungstenite::Error) -> Option<ProtocolError
             max: protocol::MAX_FRAME_BYTES,
         }),
         tungstenite::Error::Utf8(_) => Some(ProtocolError::InvalidUtf8),
+        // The peer vanished without a Close frame. That is what a container
+        // killed at its deadline, OOM-killed or crashed (runsc exit 2) looks
+        // like from here, so it is a lost connection, not a violation: the
+        // verdict then comes from the container's exit (timed_out, oom,
+        // sandbox_crashed, agent_lost), found by the security suite (case 9).
+        tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        ) => None,
         tungstenite::Error::Protocol(detail) => Some(ProtocolError::InvalidMessage {
             detail: detail.to_string(),
         }),
@@ -760,3 +768,7 @@ impl TokenBucket {
         self.tokens -= 1.0;
     }
 }
+
+#[cfg(test)]
+#[path = "agent_link_tests.rs"]
+mod tests;

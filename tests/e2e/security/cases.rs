@@ -87,17 +87,16 @@ pub const CASES: &[Case] = &[
             events: &["step_killed", "resource_usage"],
             summary: "pids cgroup: \"can't fork\" (EAGAIN); the step's group is killed at its timeout, agent survives",
         },
-        // FIXME(issue 5): the Sentry's death resets the agent connection and the
-        // controller reports protocol_error; the intended status is sandbox_crashed.
+        // Debian's 2022 runsc (ptrace platform) cannot fail fork(): the Sentry dies.
         runsc: OnRunsc::Differs(Expect {
-            status: "protocol_error",
+            status: "sandbox_crashed",
             output: NONE,
             absent: NONE,
             events: NONE,
-            summary: "Sentry dies (ptrace platform); reported protocol_error today (intended: sandbox_crashed)",
+            summary: "Sentry dies (ptrace platform, exit 2): sandbox_crashed",
         }),
         fixme: Some(
-            "no pids_exceeded status exists (runc: the bomb is contained by the pids cgroup and reported as a failed step, killed at its timeout); runsc: a Sentry crash is reported protocol_error (connection reset), intended sandbox_crashed",
+            "no pids_exceeded status exists: on runc the bomb is contained by the pids cgroup and reported as a failed step, killed at its timeout",
         ),
     },
     Case {
@@ -109,17 +108,16 @@ pub const CASES: &[Case] = &[
             &["check fork errno=EAGAIN"],
             "children capped by PidsLimit, then EAGAIN",
         ),
-        // FIXME(issue 5): intended sandbox_crashed; today the reset connection wins.
+        // Measured both on Debian's 2022 runsc: the Sentry panics (exit 2) or the
+        // host threads exhaust memory first (whole-sandbox OOM, 137).
         runsc: OnRunsc::Differs(Expect {
-            status: "protocol_error",
+            status: "sandbox_crashed|oom",
             output: NONE,
             absent: NONE,
             events: NONE,
-            summary: "Sentry panics or whole-sandbox OOM; reported protocol_error today (intended: sandbox_crashed)",
+            summary: "Sentry panics (sandbox_crashed) or the whole sandbox is OOM-killed (oom)",
         }),
-        fixme: Some(
-            "runsc: a Sentry crash is reported protocol_error (connection reset), intended sandbox_crashed",
-        ),
+        fixme: None,
     },
     Case {
         number: 3,
@@ -133,18 +131,15 @@ pub const CASES: &[Case] = &[
             events: NONE,
             summary: "child SIGKILLed by the memcg; status oom",
         },
-        // FIXME(issue 5): the whole-sandbox OOM kill resets the agent connection;
-        // which the controller sees first is a race (measured both), intended oom.
+        // Under runsc the OOM killer takes the whole sandbox (exit 137, OOMKilled).
         runsc: OnRunsc::Differs(Expect {
-            status: "oom|protocol_error",
+            status: "oom",
             output: &["info mem.touched_mib 72"],
             absent: NONE,
             events: NONE,
-            summary: "whole sandbox OOM-killed; oom or (race) protocol_error today",
+            summary: "whole sandbox OOM-killed: oom",
         }),
-        fixme: Some(
-            "runsc: whole-sandbox OOM races with the connection reset and is sometimes reported protocol_error; intended oom",
-        ),
+        fixme: None,
     },
     Case {
         number: 4,
@@ -158,18 +153,15 @@ pub const CASES: &[Case] = &[
             events: NONE,
             summary: "tmpfs pages charged to the memcg: oom sooner",
         },
-        // FIXME(issue 5): the whole-sandbox OOM kill resets the agent connection;
-        // which the controller sees first is a race (measured both), intended oom.
+        // Under runsc the OOM killer takes the whole sandbox (exit 137, OOMKilled).
         runsc: OnRunsc::Differs(Expect {
-            status: "oom|protocol_error",
+            status: "oom",
             output: &["info mem.touched_mib 72"],
             absent: NONE,
             events: NONE,
-            summary: "whole sandbox OOM-killed; oom or (race) protocol_error today",
+            summary: "whole sandbox OOM-killed: oom",
         }),
-        fixme: Some(
-            "runsc: whole-sandbox OOM races with the connection reset and is sometimes reported protocol_error; intended oom",
-        ),
+        fixme: None,
     },
     Case {
         number: 5,
@@ -239,19 +231,15 @@ pub const CASES: &[Case] = &[
         name: "CPU spin",
         script: "for i in 1 2 3 4; do (while :; do :; done) & done; wait",
         step_timeout_secs: 300,
-        // FIXME(issue 5): the deadline kill resets the agent connection and the
-        // controller reports protocol_error; the intended status is timed_out.
         runc: Expect {
-            status: "protocol_error",
+            status: "timed_out",
             output: NONE,
             absent: NONE,
             events: NONE,
-            summary: "container SIGKILLed at the execution's wall deadline (8 s), removed; reported protocol_error today (intended: timed_out)",
+            summary: "container SIGKILLed at the execution's wall deadline (8 s), removed: timed_out",
         },
         runsc: OnRunsc::Same,
-        fixme: Some(
-            "a wall-deadline kill is reported protocol_error (connection reset wins in the verdict), intended timed_out",
-        ),
+        fixme: None,
     },
     Case {
         number: 10,
