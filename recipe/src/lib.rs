@@ -7,15 +7,15 @@
 //! Pipeline: YAML text → [`load`] (typed model + diagnostics) → [`validate`]
 //! (cross-step checks) → [`engine`] (drives a [`runner::StepRunner`]).
 
+pub mod check;
 pub mod diagnostic;
-pub mod model;
-pub mod expr;
-pub mod extract;
-pub mod template;
 pub mod engine;
 pub mod event;
-pub mod runner;
+pub mod expr;
+pub mod extract;
 pub mod load;
-pub mod check;
+pub mod model;
+pub mod runner;
+pub mod template;
 pub mod validate;
 pub use check::{CheckOptions, Checked, check};
