@@ -1505,3 +1505,556 @@ async fn runsc_class_connects_through_the_socket_identity_checks() {
     assert_eq!(embedded.n_containers().await, 0);
     embedded.stop().await;
 }
+
+// ------------------------------------------- model gateway (end to end)
+//
+// Agent steps through the real controller, the real agent in Docker and the
+// scripted provider server (a real local HTTP server, configured exactly as an
+// operator configures one). The sandbox never holds the key: the canary key
+// is checked absent from the events, the step's environment and the logs.
+
+#[path = "gateway/provider.rs"]
+#[allow(dead_code)]
+mod provider;
+
+use controller::gateway::{ProviderConfig, ProviderKind};
+use provider::{Script, TestProvider};
+
+const CANARY_KEY: &str = "sk-kiln-canary-7d3f9a1c2b4e6f80";
+const CANARY_ENV: &str = "KILN_E2E_CANARY_KEY";
+
+fn scripted_provider(base_url: String) -> ProviderConfig {
+    ProviderConfig {
+        name: "scripted".to_owned(),
+        kind: ProviderKind::OpenAi,
+        base_url,
+        api_key_env: Some(CANARY_ENV.to_owned()),
+        api_key_file: None,
+        models: std::collections::BTreeMap::new(),
+        default_model: "test-model".to_owned(),
+        allow_unlisted_models: false,
+        request_timeout_secs: 120,
+        connect_timeout_secs: 5,
+    }
+}
+
+/// A controller whose gateway has one provider at `base_url`, with the
+/// canary key passed as the operator would (an environment variable).
+async fn start_with_provider(
+    root: &Path,
+    base_url: String,
+    tune: impl FnOnce(&mut Config),
+) -> Embedded {
+    controller::cli::init_tracing(true);
+    let mut config = (*test_config(root).await).clone();
+    config.gateway.providers = vec![scripted_provider(base_url)];
+    // Fast retries: the test asserts that they happen, not how long they take.
+    config.gateway.retry.initial_backoff_ms = 20;
+    config.gateway.retry.max_backoff_ms = 100;
+    tune(&mut config);
+    let env: std::collections::BTreeMap<String, String> =
+        [(CANARY_ENV.to_owned(), CANARY_KEY.to_owned())].into();
+    let gateway = serve::build_gateway(&config, &env).expect("the gateway builds");
+    let shutdown = CancellationToken::new();
+    let controller = serve::start_with_gateway(
+        Arc::new(config),
+        shutdown.clone(),
+        serve::StartOptions::default(),
+        gateway,
+    )
+    .await
+    .expect("the controller starts (needs dockerd and the kiln-minimal image)");
+    let guard = ContainerGuard {
+        instance: controller.launcher.instance.clone(),
+    };
+    Embedded {
+        controller,
+        shutdown,
+        guard,
+    }
+}
+
+/// `(step_id, text)` of every step_output event, in order.
+fn step_outputs(events: &[ExecutionEvent]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter_map(|event| {
+            let body = serde_json::to_value(&event.body).unwrap();
+            (body["event"]["type"] == "step_output").then(|| {
+                (
+                    body["event"]["step_id"].as_str().unwrap().to_owned(),
+                    body["event"]["text"].as_str().unwrap().to_owned(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// All output of one step, joined (live token batches may split anywhere).
+fn output_of(events: &[ExecutionEvent], step_id: &str) -> String {
+    step_outputs(events)
+        .into_iter()
+        .filter(|(id, _)| id == step_id)
+        .map(|(_, text)| text)
+        .collect()
+}
+
+/// The `error` of the step_failed event of `step_id`.
+fn step_error(events: &[ExecutionEvent], step_id: &str) -> String {
+    events
+        .iter()
+        .find_map(|event| {
+            let body = serde_json::to_value(&event.body).unwrap();
+            (body["event"]["type"] == "step_failed" && body["event"]["step_id"] == step_id)
+                .then(|| body["event"]["error"].as_str().unwrap().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no step_failed for {step_id}: {:?}", kinds(events)))
+}
+
+/// Kinds without the live output and the resource figures, for sequences.
+fn kinds_without_output(events: &[ExecutionEvent]) -> Vec<String> {
+    kinds(events)
+        .into_iter()
+        .map(|(_, kind)| kind)
+        .filter(|kind| kind != "engine/step_output" && kind != "sandbox/resource_usage")
+        .collect()
+}
+
+const MIXED: &str = r#"name: mixed
+description: Agent and bash steps pass outputs both ways.
+version: 1.0.0
+steps:
+  - id: count
+    type: bash
+    command: printf 'three files'
+    output: listing
+  - id: summarize
+    agent: foundation:explorer
+    prompt: "Summarize: {{listing}}"
+    output: summary
+  - id: use
+    type: bash
+    command: printf 'got=%s' "$SUMMARY"
+    env:
+      SUMMARY: "{{summary}}"
+  - id: environment
+    type: bash
+    command: env
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_and_bash_steps_pass_outputs_both_ways_and_no_key_reaches_the_sandbox() {
+    let provider = TestProvider::start(vec![Script::stream(
+        &["It has ", "three ", "files."],
+        12,
+        5,
+    )])
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let embedded = start_with_provider(root.path(), provider.openai_base_url(), |_| {}).await;
+    let execution_id = embedded.submit(MIXED).await;
+    assert_eq!(
+        embedded.wait_final(&execution_id).await,
+        ExecutionStatus::Succeeded
+    );
+    let events = all_events(&embedded, &execution_id).await;
+    assert_eq!(
+        kinds_without_output(&events),
+        vec![
+            "controller/queued",
+            "controller/container_started",
+            "controller/agent_connected",
+            "sandbox/agent_started",
+            "engine/execution_started",
+            "engine/step_started",
+            "engine/step_completed",
+            "engine/step_started",
+            "engine/warning",
+            "engine/step_completed",
+            "engine/step_started",
+            "engine/step_completed",
+            "engine/step_started",
+            "engine/step_completed",
+            "engine/execution_completed",
+            "controller/finished",
+        ]
+    );
+    // Resolution notes reach watchers as warnings of the step.
+    let warnings: Vec<serde_json::Value> = events
+        .iter()
+        .map(|event| serde_json::to_value(&event.body).unwrap())
+        .filter(|body| body["event"]["type"] == "warning")
+        .map(|body| body["event"].clone())
+        .collect();
+    assert_eq!(
+        warnings,
+        vec![
+            serde_json::json!({ "type": "warning", "step_id": "summarize", "message": "model role `fast` is not configured" })
+        ]
+    );
+    // Bash output into the prompt...
+    let requests = provider.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].path, "/v1/chat/completions");
+    assert_eq!(
+        requests[0].headers["authorization"],
+        format!("Bearer {CANARY_KEY}")
+    );
+    let messages = requests[0].body["messages"].as_array().unwrap();
+    assert_eq!(messages.last().unwrap()["role"], "user");
+    assert_eq!(
+        messages.last().unwrap()["content"],
+        "Summarize: three files"
+    );
+    assert_eq!(requests[0].body["model"], "test-model");
+    assert_eq!(requests[0].body["stream"], true);
+    // ...the model's answer streamed live to watchers, and into a bash step.
+    assert_eq!(output_of(&events, "summarize"), "It has three files.");
+    assert_eq!(output_of(&events, "use"), "got=It has three files.");
+    // The key is nowhere in the sandbox's environment or in any event.
+    let environment = output_of(&events, "environment");
+    assert!(environment.contains("PATH="), "{environment}");
+    for event in &events {
+        let text = serde_json::to_string(event).unwrap();
+        assert!(!text.contains(CANARY_KEY), "the key leaked into {text}");
+        assert!(
+            !text.contains(CANARY_ENV),
+            "the key's variable leaked into {text}"
+        );
+    }
+    assert_eq!(embedded.n_containers().await, 0);
+    embedded.stop().await;
+}
+
+const PARSE_JSON: &str = r#"name: parse-json
+description: Each extraction strategy on streamed answers.
+version: 1.0.0
+steps:
+  - id: whole
+    agent: self
+    prompt: give a number
+    parse_json: true
+    output: whole
+  - id: fenced
+    agent: self
+    prompt: give an object in a fence
+    parse_json: true
+    output: fenced
+  - id: scanned
+    agent: self
+    prompt: give an object in prose
+    parse_json: true
+    output: scanned
+  - id: show
+    type: bash
+    command: printf '%s|%s|%s' "$A" "$B" "$C"
+    env:
+      A: "{{whole.n}}"
+      B: "{{fenced.names}}"
+      C: "{{scanned.k}}"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parse_json_extracts_from_streamed_answers() {
+    let provider = TestProvider::start(vec![
+        Script::stream(&["{\"n\"", ": 4", "2}"], 5, 3),
+        Script::stream(
+            &[
+                "Here it is:\n```js",
+                "on\n{\"names\": [\"a\", ",
+                "\"b\"]}\n```\nDone.",
+            ],
+            5,
+            9,
+        ),
+        Script::stream(&["I think {\"k\": ", "\"v\"} is right."], 5, 7),
+    ])
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let embedded = start_with_provider(root.path(), provider.openai_base_url(), |_| {}).await;
+    let execution_id = embedded.submit(PARSE_JSON).await;
+    assert_eq!(
+        embedded.wait_final(&execution_id).await,
+        ExecutionStatus::Succeeded
+    );
+    let events = all_events(&embedded, &execution_id).await;
+    // Lists are stringified the reference's way (`["a", "b"]`).
+    assert_eq!(output_of(&events, "show"), r#"42|["a", "b"]|v"#);
+    assert_eq!(provider.requests().len(), 3);
+    assert_eq!(embedded.n_containers().await, 0);
+    embedded.stop().await;
+}
+
+const ONE_AGENT: &str = r#"name: one-agent
+description: One agent step.
+version: 1.0.0
+steps:
+  - id: ask
+    agent: self
+    prompt: say something
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_mid_stream_stops_the_request_at_the_provider() {
+    let chunks: Vec<String> = (0..200).map(|idx| format!("token{idx} ")).collect();
+    let provider = TestProvider::start(vec![Script::Stream {
+        chunks,
+        input_tokens: 5,
+        output_tokens: 200,
+        model: "served-model".to_owned(),
+        delay: Duration::from_millis(200),
+        piece_bytes: None,
+    }])
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let embedded = start_with_provider(root.path(), provider.openai_base_url(), |_| {}).await;
+    let execution_id = embedded.submit(ONE_AGENT).await;
+    // Live tokens reach watchers while the answer is still streaming.
+    embedded
+        .wait_for_event(&execution_id, "step_output", "ask")
+        .await;
+    assert_eq!(
+        embedded
+            .controller
+            .launcher
+            .control
+            .cancel(&execution_id)
+            .await,
+        CancelOutcome::Signalled
+    );
+    assert_eq!(
+        embedded.wait_final(&execution_id).await,
+        ExecutionStatus::Cancelled
+    );
+    // The provider saw the client go away before the end of its answer.
+    assert!(provider.wait_ending(0).await);
+    assert_eq!(provider.requests().len(), 1);
+    let events = all_events(&embedded, &execution_id).await;
+    assert!(output_of(&events, "ask").starts_with("token0 "));
+    assert!(!output_of(&events, "ask").contains("token199"));
+    assert_eq!(embedded.n_containers().await, 0);
+    embedded.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_then_success_is_retried() {
+    let provider = TestProvider::start(vec![
+        Script::Status {
+            status: 429,
+            body: "{\"error\":{\"message\":\"slow down\"}}".to_owned(),
+            retry_after: Some("0".to_owned()),
+        },
+        Script::status(503, "{\"error\":{\"message\":\"busy\"}}"),
+        Script::stream(&["fine ", "now"], 3, 2),
+    ])
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let embedded = start_with_provider(root.path(), provider.openai_base_url(), |_| {}).await;
+    let execution_id = embedded.submit(ONE_AGENT).await;
+    assert_eq!(
+        embedded.wait_final(&execution_id).await,
+        ExecutionStatus::Succeeded
+    );
+    assert_eq!(provider.requests().len(), 3);
+    let events = all_events(&embedded, &execution_id).await;
+    assert_eq!(output_of(&events, "ask"), "fine now");
+    embedded.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_is_down_fails_the_step_precisely() {
+    // A port that was just free: nothing listens there.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let root = tempfile::tempdir().unwrap();
+    let embedded = start_with_provider(root.path(), format!("http://{addr}/v1"), |_| {}).await;
+    let execution_id = embedded.submit(ONE_AGENT).await;
+    assert_eq!(
+        embedded.wait_final(&execution_id).await,
+        ExecutionStatus::Failed
+    );
+    let events = all_events(&embedded, &execution_id).await;
+    let error = step_error(&events, "ask");
+    assert!(
+        error.starts_with(
+            "model call failed (ProviderError): model call to provider `scripted` failed: "
+        ),
+        "{error}"
+    );
+    // Neither the provider's URL nor its address reaches the sandbox.
+    assert_eq!(
+        error,
+        "model call failed (ProviderError): model call to provider `scripted` failed: provider unreachable: error sending request for url ([provider url]): client error (Connect): tcp connect error: Connection refused (os error 111)"
+    );
+    embedded.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_budget_fails_the_step_with_its_own_code() {
+    let provider = TestProvider::start(vec![Script::stream(&["one"], 4, 1)]).await;
+    let root = tempfile::tempdir().unwrap();
+    let embedded = start_with_provider(root.path(), provider.openai_base_url(), |config| {
+        config.gateway.budgets.per_execution.max_requests = Some(1);
+    })
+    .await;
+    let two = ONE_AGENT.to_owned() + "  - id: again\n    agent: self\n    prompt: more\n";
+    let execution_id = embedded.submit(&two).await;
+    assert_eq!(
+        embedded.wait_final(&execution_id).await,
+        ExecutionStatus::Failed
+    );
+    let events = all_events(&embedded, &execution_id).await;
+    assert_eq!(output_of(&events, "ask"), "one");
+    assert_eq!(
+        step_error(&events, "again"),
+        "model call failed (QuotaExceeded): budget_exhausted: execution max_requests is 1, used 1"
+    );
+    // No provider call for the refused request; usage is exact.
+    assert_eq!(provider.requests().len(), 1);
+    let gateway = &embedded.controller.launcher.gateway;
+    let usage = gateway
+        .ledger()
+        .lock()
+        .unwrap()
+        .execution_usage(&execution_id);
+    assert_eq!(
+        (usage.requests, usage.input_tokens, usage.output_tokens),
+        (1, 4, 1)
+    );
+    embedded.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_provider_agent_steps_are_refused_at_submission_and_validation_warns() {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use tower::ServiceExt;
+
+    let root = tempfile::tempdir().unwrap();
+    let embedded = start_embedded(root.path()).await;
+    let token = embedded
+        .controller
+        .launcher
+        .store
+        .create_token("alice", false)
+        .await
+        .unwrap();
+    let post = |uri: &str, body: serde_json::Value| {
+        Request::builder()
+            .method("POST")
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {}", token.token))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let app = || controller::api::app(embedded.controller.state.clone());
+    let read = |response: axum::response::Response| async move {
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
+        )
+    };
+
+    let (status, body) = read(
+        app()
+            .oneshot(post(
+                "/api/v1/executions",
+                serde_json::json!({ "recipe": MIXED }),
+            ))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_recipe");
+    let diagnostics = body["error"]["details"]["diagnostics"].as_array().unwrap();
+    assert_eq!(diagnostics.len(), 1, "{body}");
+    assert_eq!(diagnostics[0]["code"], "no-model-provider");
+    assert_eq!(diagnostics[0]["severity"], "error");
+    assert_eq!(
+        diagnostics[0]["message"],
+        "no model provider is configured on this server, so agent step(s) `summarize` cannot run"
+    );
+    assert_eq!(diagnostics[0]["path"], "steps[1]");
+    // Nothing was queued.
+    let listed = embedded
+        .controller
+        .launcher
+        .store
+        .list_executions(&controller::store::ExecutionFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(listed.items.is_empty());
+
+    let (status, body) = read(
+        app()
+            .oneshot(post(
+                "/api/v1/validate",
+                serde_json::json!({ "recipe": MIXED }),
+            ))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["valid"], true);
+    let diagnostics = body["diagnostics"].as_array().unwrap();
+    assert_eq!(diagnostics.len(), 1, "{body}");
+    assert_eq!(diagnostics[0]["code"], "no-model-provider");
+    assert_eq!(diagnostics[0]["severity"], "warning");
+    embedded.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_run_keeps_the_canary_key_out_of_the_sandbox_events_and_logs() {
+    let image = minimal_image().await;
+    let provider = TestProvider::start(vec![Script::stream(&["hello ", "there"], 3, 2)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("mixed.yaml");
+    std::fs::write(&recipe, MIXED).unwrap();
+    let providers = format!(
+        "[{{ name = \"scripted\", kind = \"openai\", base_url = \"{}\", default_model = \"test-model\", api_key_env = \"{CANARY_ENV}\" }}]",
+        provider.openai_base_url()
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        kiln()
+            .args(["run", "--json"])
+            .arg(recipe)
+            .env("KILN_SANDBOX__CLASSES__DEFAULT__IMAGE", &image)
+            .env("KILN_GATEWAY__PROVIDERS", providers)
+            .env(CANARY_ENV, CANARY_KEY)
+            // Every log line the controller can write, dependencies included.
+            .env("RUST_LOG", "trace")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let requests = provider.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests[0].headers["authorization"],
+        format!("Bearer {CANARY_KEY}")
+    );
+    assert!(stdout.contains("got=hello there"), "{stdout}");
+    assert!(stdout.contains("PATH="), "the env step printed: {stdout}");
+    assert!(!stdout.contains(CANARY_KEY), "the key is in the events");
+    assert!(
+        !stdout.contains(CANARY_ENV),
+        "the key's variable is in the sandbox"
+    );
+    assert!(!stderr.is_empty(), "trace logging produced nothing");
+    assert!(!stderr.contains(CANARY_KEY), "the key is in the logs");
+}

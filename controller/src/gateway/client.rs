@@ -314,7 +314,7 @@ impl ProviderClient {
                 .chunk()
                 .await
                 .map_err(|err| ProviderError::Unreachable {
-                    detail: self.redact(&format!("stream interrupted: {}", error_chain(&err))),
+                    detail: format!("stream interrupted: {}", self.describe(&err)),
                 })?;
             let Some(bytes) = chunk else {
                 return decoder.finish(false);
@@ -371,17 +371,15 @@ impl ProviderClient {
             let detail = if err.is_timeout() {
                 "connect timed out".to_string()
             } else {
-                error_chain(err)
+                self.describe(err)
             };
-            return ProviderError::Unreachable {
-                detail: self.redact(&detail),
-            };
+            return ProviderError::Unreachable { detail };
         }
         if err.is_timeout() {
             return ProviderError::Timeout;
         }
         ProviderError::Unreachable {
-            detail: self.redact(&error_chain(err)),
+            detail: self.describe(err),
         }
     }
 
@@ -425,6 +423,21 @@ impl ProviderClient {
     }
 
     /// Replace any occurrence of the key (a provider may echo it back).
+    /// A transport error's chain, without the provider's URL (the message
+    /// reaches the agent, and no provider URL may be inside a sandbox) and
+    /// without the key.
+    fn describe(&self, err: &reqwest::Error) -> String {
+        let mut text = error_chain(err);
+        if let Some(url) = err.url() {
+            text = text.replace(url.as_str(), "[provider url]");
+        }
+        let base_url = self.config.base_url.trim_end_matches('/');
+        if !base_url.is_empty() {
+            text = text.replace(base_url, "[provider url]");
+        }
+        self.redact(&text)
+    }
+
     fn redact(&self, text: &str) -> String {
         match &self.key {
             Some(key) if !key.expose().is_empty() => text.replace(key.expose(), "[redacted]"),
