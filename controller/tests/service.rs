@@ -1837,6 +1837,46 @@ async fn cancel_mid_stream_stops_the_request_at_the_provider() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_step_timeout_abandons_the_call_at_the_provider() {
+    let chunks: Vec<String> = (0..200).map(|idx| format!("slow{idx} ")).collect();
+    let provider = TestProvider::start(vec![Script::Stream {
+        chunks,
+        input_tokens: 5,
+        output_tokens: 200,
+        model: "served-model".to_owned(),
+        delay: Duration::from_millis(200),
+        piece_bytes: None,
+    }])
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let embedded = start_with_provider(root.path(), provider.openai_base_url(), |_| {}).await;
+    let recipe = ONE_AGENT.replace(
+        "prompt: say something",
+        "prompt: say something\n    timeout: 2",
+    );
+    let execution_id = embedded.submit(&recipe).await;
+    assert_eq!(
+        embedded.wait_final(&execution_id).await,
+        ExecutionStatus::Failed
+    );
+    // The step's deadline ended the request at the provider, not its end.
+    assert!(provider.wait_ending(0).await);
+    let events = all_events(&embedded, &execution_id).await;
+    let error = step_error(&events, "ask");
+    // The engine's deadline started first, so it normally wins (the agent
+    // then sends ModelCancel); the gateway's own deadline is the backstop.
+    assert!(
+        error == "agent 'self' timed out after 2s"
+            || error
+                == "model call failed (Timeout): model call to provider `scripted` failed: provider call timed out",
+        "{error}"
+    );
+    assert!(!output_of(&events, "ask").contains("slow199"));
+    assert_eq!(embedded.n_containers().await, 0);
+    embedded.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limited_then_success_is_retried() {
     let provider = TestProvider::start(vec![
         Script::Status {
