@@ -1794,18 +1794,21 @@ steps:
     prompt: say something
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_mid_stream_stops_the_request_at_the_provider() {
-    let chunks: Vec<String> = (0..200).map(|idx| format!("token{idx} ")).collect();
-    let provider = TestProvider::start(vec![Script::Stream {
-        chunks,
+/// 200 chunks `{prefix}0 `, `{prefix}1 `, ..., one every 200 ms.
+fn slow_stream(prefix: &str) -> Script {
+    Script::Stream {
+        chunks: (0..200).map(|idx| format!("{prefix}{idx} ")).collect(),
         input_tokens: 5,
         output_tokens: 200,
         model: "served-model".to_owned(),
         delay: Duration::from_millis(200),
         piece_bytes: None,
-    }])
-    .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_mid_stream_stops_the_request_at_the_provider() {
+    let provider = TestProvider::start(vec![slow_stream("token")]).await;
     let root = tempfile::tempdir().unwrap();
     let embedded = start_with_provider(root.path(), provider.openai_base_url(), |_| {}).await;
     let execution_id = embedded.submit(ONE_AGENT).await;
@@ -1838,16 +1841,7 @@ async fn cancel_mid_stream_stops_the_request_at_the_provider() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_step_timeout_abandons_the_call_at_the_provider() {
-    let chunks: Vec<String> = (0..200).map(|idx| format!("slow{idx} ")).collect();
-    let provider = TestProvider::start(vec![Script::Stream {
-        chunks,
-        input_tokens: 5,
-        output_tokens: 200,
-        model: "served-model".to_owned(),
-        delay: Duration::from_millis(200),
-        piece_bytes: None,
-    }])
-    .await;
+    let provider = TestProvider::start(vec![slow_stream("slow")]).await;
     let root = tempfile::tempdir().unwrap();
     let embedded = start_with_provider(root.path(), provider.openai_base_url(), |_| {}).await;
     let recipe = ONE_AGENT.replace(

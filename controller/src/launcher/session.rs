@@ -916,29 +916,19 @@ impl Session {
                 // No protocol event carries model text, so live tokens are the
                 // agent step's `step_output` (stdout); they count against the
                 // execution's output cap like any other output.
-                let event = EngineEvent::StepOutput {
+                self.record_engine(EngineEvent::StepOutput {
                     step_id,
                     stream: recipe::event::OutputStream::Stdout,
                     text,
-                };
-                self.parts
-                    .relay
-                    .record(vec![EventBody::Engine(event)])
-                    .await
-                    .map_err(relay_error)?;
-                Ok(())
+                })
+                .await
             }
             ModelUpdate::Note { step_id, message } => {
-                let event = EngineEvent::Warning {
+                self.record_engine(EngineEvent::Warning {
                     step_id: Some(step_id),
                     message,
-                };
-                self.parts
-                    .relay
-                    .record(vec![EventBody::Engine(event)])
-                    .await
-                    .map_err(relay_error)?;
-                Ok(())
+                })
+                .await
             }
             ModelUpdate::Finished { request_id, body } => {
                 let Some(body) = body else {
@@ -956,6 +946,16 @@ impl Session {
                 Ok(())
             }
         }
+    }
+
+    /// Persist and publish one engine event the controller produces.
+    async fn record_engine(&mut self, event: EngineEvent) -> Result<(), String> {
+        self.parts
+            .relay
+            .record(vec![EventBody::Engine(event)])
+            .await
+            .map_err(relay_error)?;
+        Ok(())
     }
 
     fn forget_old_answers(&mut self) {
