@@ -2092,3 +2092,47 @@ async fn cli_run_keeps_the_canary_key_out_of_the_sandbox_events_and_logs() {
     assert!(!stderr.is_empty(), "trace logging produced nothing");
     assert!(!stderr.contains(CANARY_KEY), "the key is in the logs");
 }
+
+#[test]
+fn cli_serve_exits_64_naming_a_missing_key_source_before_touching_docker() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kiln.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[gateway.providers]]\nname = \"hosted\"\nkind = \"anthropic\"\nbase_url = \"https://api.anthropic.com\"\napi_key_env = \"{CANARY_ENV}\"\ndefault_model = \"claude-sonnet-4-5\"\n"
+        ),
+    )
+    .unwrap();
+    let output = kiln()
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env_remove(CANARY_ENV)
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        format!(
+            "error: invalid configuration at `gateway.providers[0].api_key_env`: api key for provider `hosted`: environment variable `{CANARY_ENV}` is missing\n"
+        )
+    );
+    // An empty key is refused the same way, and the key never printed.
+    let output = kiln()
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env(CANARY_ENV, " ")
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        format!(
+            "error: invalid configuration at `gateway.providers[0].api_key_env`: api key for provider `hosted`: environment variable `{CANARY_ENV}` is empty\n"
+        )
+    );
+}
