@@ -850,6 +850,10 @@ impl Session {
             }
             None => {}
         }
+        if self.cancel_requested {
+            // The run is being cancelled: no new provider call (nor budget).
+            return;
+        }
         let n_running = self
             .models
             .values()
@@ -870,9 +874,6 @@ impl Session {
             return;
         }
         let cancel = self.kill.child_token();
-        if self.cancel_requested {
-            cancel.cancel();
-        }
         self.models.insert(
             request_id,
             ModelCall::Running {
