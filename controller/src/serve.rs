@@ -158,7 +158,7 @@ pub async fn start_with_gateway(
         hub.clone(),
         control.clone(),
         instance.clone(),
-        gateway,
+        Arc::clone(&gateway),
     );
     let tasks = Tasks::new(shutdown);
     let slots = Slots::new(config.queue.concurrency);
@@ -200,7 +200,8 @@ pub async fn start_with_gateway(
     });
     // Live watchers close with 1012 and their resume point on shutdown.
     let state = AppState::new(config, store, hub, control, docker_ready)
-        .with_shutdown(tasks.shutdown_token());
+        .with_shutdown(tasks.shutdown_token())
+        .with_gateway(gateway);
     Ok(Controller {
         state,
         launcher,

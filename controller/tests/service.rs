@@ -1956,6 +1956,38 @@ async fn an_exhausted_budget_fails_the_step_with_its_own_code() {
         (usage.requests, usage.input_tokens, usage.output_tokens),
         (1, 4, 1)
     );
+    // The same figures in the API, in total and per step (the refused call
+    // counts nothing).
+    let admin = embedded
+        .controller
+        .launcher
+        .store
+        .create_token("admin", true)
+        .await
+        .unwrap();
+    let request = axum::http::Request::builder()
+        .uri(format!("/api/v1/executions/{execution_id}"))
+        .header("authorization", format!("Bearer {}", admin.token))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(
+        controller::api::app(embedded.controller.state.clone()),
+        request,
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), axum::http::StatusCode::OK);
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let view: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(
+        view["model_usage"],
+        serde_json::json!({
+            "requests": 1, "input_tokens": 4, "output_tokens": 1,
+            "steps": { "ask": { "requests": 1, "input_tokens": 4, "output_tokens": 1 } },
+        })
+    );
     embedded.stop().await;
 }
 

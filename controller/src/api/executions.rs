@@ -93,6 +93,19 @@ pub struct ExecutionView {
     pub files: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approvals: Option<Vec<ApprovalView>>,
+    /// Model calls of the execution's agent steps, as counted by this
+    /// controller since it started (in memory; a restart forgets them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_usage: Option<ModelUsageView>,
+}
+
+/// Model usage of one execution, in total and per step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelUsageView {
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub steps: std::collections::BTreeMap<String, crate::gateway::BudgetUsage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -197,6 +210,7 @@ fn view(execution: Execution) -> ExecutionView {
         inputs: None,
         files: None,
         approvals: None,
+        model_usage: None,
     }
 }
 
@@ -366,6 +380,19 @@ pub async fn get_one(
     view.inputs = Some(inputs);
     view.files = Some(files);
     view.approvals = Some(approvals.into_iter().map(approval_view).collect());
+    view.model_usage = state.gateway().map(|gateway| {
+        let ledger = gateway
+            .ledger()
+            .lock()
+            .expect("budget ledger lock poisoned");
+        let total = ledger.execution_usage(&id);
+        ModelUsageView {
+            requests: total.requests,
+            input_tokens: total.input_tokens,
+            output_tokens: total.output_tokens,
+            steps: ledger.execution_steps(&id),
+        }
+    });
     Ok(Json(view))
 }
 

@@ -21,6 +21,7 @@ use protocol::ExecutionEvent;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::gateway::Gateway;
 use crate::intake::Gallery;
 use crate::launcher::Control;
 use crate::relay::Hub;
@@ -52,6 +53,8 @@ struct StateInner {
     docker_ready: ReadinessCheck,
     /// Cancelled when the server stops: live watchers then close with 1012.
     shutdown: CancellationToken,
+    /// The model gateway, for model usage figures (None: not shown).
+    gateway: Option<Arc<Gateway>>,
 }
 
 impl AppState {
@@ -73,6 +76,7 @@ impl AppState {
                 gallery,
                 docker_ready,
                 shutdown: CancellationToken::new(),
+                gateway: None,
             }),
         }
     }
@@ -91,6 +95,25 @@ impl AppState {
                 gallery: inner.gallery.clone(),
                 docker_ready: Arc::clone(&inner.docker_ready),
                 shutdown,
+                gateway: inner.gateway.clone(),
+            }),
+        }
+    }
+
+    /// The same state, showing `gateway`'s model usage figures on
+    /// `GET /executions/{id}`.
+    pub fn with_gateway(self, gateway: Arc<Gateway>) -> AppState {
+        let inner = &self.inner;
+        AppState {
+            inner: Arc::new(StateInner {
+                config: Arc::clone(&inner.config),
+                store: inner.store.clone(),
+                hub: inner.hub.clone(),
+                control: inner.control.clone(),
+                gallery: inner.gallery.clone(),
+                docker_ready: Arc::clone(&inner.docker_ready),
+                shutdown: inner.shutdown.clone(),
+                gateway: Some(gateway),
             }),
         }
     }
@@ -113,6 +136,10 @@ impl AppState {
 
     pub fn gallery(&self) -> &Gallery {
         &self.inner.gallery
+    }
+
+    pub fn gateway(&self) -> Option<&Arc<Gateway>> {
+        self.inner.gateway.as_ref()
     }
 
     fn shutdown(&self) -> &CancellationToken {

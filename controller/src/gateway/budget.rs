@@ -244,6 +244,15 @@ impl BudgetLedger {
             .unwrap_or_default()
     }
 
+    /// Usage of each step of `execution` that made a call, by step id.
+    pub fn execution_steps(&self, execution: &str) -> BTreeMap<String, BudgetUsage> {
+        self.steps
+            .iter()
+            .filter(|((exec, _), _)| exec == execution)
+            .map(|((_, step_id), usage)| (step_id.clone(), *usage))
+            .collect()
+    }
+
     /// Forget an execution's figures (after they were saved).
     pub fn forget_execution(&mut self, execution: &str) {
         self.executions.remove(execution);
