@@ -166,3 +166,25 @@ fn output_allowance_is_the_smaller_remainder() {
     assert_eq!(ledger.output_allowance("u", "e"), Some(10));
     assert_eq!(ledger.output_allowance("u", "new"), Some(10));
 }
+
+#[test]
+fn execution_steps_lists_only_that_executions_steps() {
+    let mut ledger = BudgetLedger::default();
+    for (execution, step, input, output) in [("e", "a", 3, 1), ("e", "b", 5, 2), ("f", "a", 7, 3)] {
+        ledger.begin_call("u", execution, step).unwrap();
+        ledger.record("u", execution, step, input, output);
+    }
+    let usage = |requests, input_tokens, output_tokens| BudgetUsage {
+        requests,
+        input_tokens,
+        output_tokens,
+    };
+    assert_eq!(
+        ledger.execution_steps("e"),
+        BTreeMap::from([
+            ("a".to_string(), usage(1, 3, 1)),
+            ("b".to_string(), usage(1, 5, 2))
+        ])
+    );
+    assert!(ledger.execution_steps("g").is_empty());
+}
