@@ -251,6 +251,12 @@ pub fn check_recipe_files(
 static KNOWN_AGENTS: LazyLock<Vec<String>> =
     LazyLock::new(|| crate::gateway::AgentProfiles::builtin().known_agents());
 
+/// The agent names the built-in profiles answer to; others get an
+/// `unknown-agent` warning.
+pub fn known_agents() -> Vec<String> {
+    KNOWN_AGENTS.clone()
+}
+
 /// Diagnostic code of an agent step on a controller with no model provider.
 pub const NO_MODEL_PROVIDER: &str = "no-model-provider";
 

@@ -1248,6 +1248,45 @@ fn cli_validate_exits_65_on_errors_and_0_on_a_valid_recipe() {
 }
 
 #[test]
+fn cli_validate_warns_about_unknown_agents_and_a_missing_provider() {
+    // Issue 6 item 6: validation judges the recipe itself; the missing
+    // provider is a warning there (a server refuses such a submission).
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("agent.yaml");
+    std::fs::write(
+        &recipe,
+        "name: x\ndescription: d\nversion: 1.0.0\nsteps:\n  - id: ask\n    agent: foundation:nonexistent\n    prompt: hi\n",
+    )
+    .unwrap();
+    let output = kiln()
+        .args(["validate", "--json"])
+        .arg(&recipe)
+        .env_remove("KILN_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "warnings only");
+    let diagnostics: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let found: Vec<(String, String)> = diagnostics
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["code"].as_str().unwrap().to_owned(),
+                d["severity"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("unknown-agent".to_owned(), "warning".to_owned()),
+            ("no-model-provider".to_owned(), "warning".to_owned()),
+        ]
+    );
+}
+
+#[test]
 fn cli_serve_exits_64_naming_the_key_before_touching_docker() {
     let output = kiln()
         .arg("serve")
