@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -38,10 +39,10 @@ use tokio::net::UnixStream;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -577,7 +578,10 @@ async fn connect(shared: &Shared) -> Result<Ws, ConnectError> {
 
 /// The next protocol message; `None` when the stream ended or broke.
 /// Ping/pong are handled by tungstenite; a Close is answered by polling on.
-async fn next_controller_message(ws: &mut Ws) -> Option<Result<ControllerMessage, ProtocolError>> {
+async fn next_controller_message<S>(ws: &mut S) -> Option<Result<ControllerMessage, ProtocolError>>
+where
+    S: futures::Stream<Item = Result<Message, WsError>> + Unpin,
+{
     loop {
         match ws.next().await? {
             Ok(Message::Text(text)) => return Some(decode_controller_message(text.as_str())),
@@ -594,7 +598,10 @@ async fn next_controller_message(ws: &mut Ws) -> Option<Result<ControllerMessage
 
 /// After receiving Close: keep polling so the reply is flushed, until the
 /// stream ends (deadlock 1), bounded in time.
-async fn drain_after_close(ws: &mut Ws) {
+async fn drain_after_close<S>(ws: &mut S)
+where
+    S: futures::Stream<Item = Result<Message, WsError>> + Unpin,
+{
     let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, async {
         while let Some(Ok(_)) = ws.next().await {}
     })
@@ -621,13 +628,29 @@ async fn close_quietly(mut ws: Ws, code: CloseCode, reason: &str) {
     .await;
 }
 
-/// One connected session: resend, then pump both directions.
-async fn run_session(shared: &Arc<Shared>, mut ws: Ws) -> Ended {
-    let mut sent_upto = *shared.acked.borrow();
-    let mut sent_requests: BTreeSet<u64> = BTreeSet::new();
-    let mut last_heard = Instant::now();
-    let mut heartbeat = tokio::time::interval(shared.config.heartbeat_interval);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// How the reading half of a session ended.
+enum ReadEnd {
+    /// The stream ended or broke (or the controller closed).
+    Lost,
+    /// The controller broke the protocol.
+    Protocol(ProtocolError),
+    /// Nothing heard for the heartbeat timeout.
+    Silent,
+}
+
+/// How the writing half of a session ended.
+enum WriteEnd {
+    Lost,
+    /// Everything is acknowledged and the Close frame is sent.
+    CloseSent,
+}
+
+/// One connected session. Reading and writing run concurrently (two futures
+/// over the split WebSocket): the agent never stops reading acks while a
+/// write waits, so a controller that writes acks from the same task that
+/// reads events cannot deadlock with it (on Unix sockets, a few hundred
+/// small unread acks already fill the socket buffer).
+async fn run_session(shared: &Arc<Shared>, ws: Ws) -> Ended {
     {
         // Control frames from an earlier connection are stale.
         let mut state = shared
@@ -636,47 +659,109 @@ async fn run_session(shared: &Arc<Shared>, mut ws: Ws) -> Ended {
             .expect("link state lock is never poisoned");
         state.control.clear();
     }
+    let sent_upto = AtomicU64::new(*shared.acked.borrow());
+    let (mut sink, mut stream) = ws.split();
+    let read_end = tokio::select! {
+        read_end = read_half(shared, &mut stream, &sent_upto) => read_end,
+        write_end = write_half(shared, &mut sink, &sent_upto) => match write_end {
+            WriteEnd::Lost => return Ended::Lost,
+            WriteEnd::CloseSent => {
+                // Wait briefly for the close reply; never for the server to
+                // shut the socket (deadlock 2).
+                let _ = tokio::time::timeout(CLOSE_REPLY_TIMEOUT, async {
+                    while let Some(Ok(message)) = stream.next().await {
+                        if matches!(message, Message::Close(_)) {
+                            return;
+                        }
+                    }
+                })
+                .await;
+                return Ended::Closed;
+            }
+        },
+    };
+    let (code, reason, patience) = match &read_end {
+        ReadEnd::Lost => return Ended::Lost,
+        ReadEnd::Protocol(error) => (
+            CloseCode::from(error.close_code()),
+            error.reason(),
+            CLOSE_REPLY_TIMEOUT,
+        ),
+        // A silent peer will not answer a close either: do not wait.
+        ReadEnd::Silent => (
+            CloseCode::Away,
+            "heartbeat timeout",
+            Duration::from_millis(100),
+        ),
+    };
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(patience, sink.send(Message::Close(Some(frame)))).await;
+    Ended::Lost
+}
+
+async fn read_half<S>(shared: &Shared, stream: &mut S, sent_upto: &AtomicU64) -> ReadEnd
+where
+    S: futures::Stream<Item = Result<Message, WsError>> + Unpin,
+{
     loop {
-        // Send everything that is due, in order.
-        let (frames, should_close) = due_frames(shared, &mut sent_upto, &mut sent_requests);
-        for frame in frames {
-            if ws.send(Message::text(frame.to_string())).await.is_err() {
-                return Ended::Lost;
+        let heard = tokio::time::timeout(
+            shared.config.heartbeat_timeout,
+            next_controller_message(stream),
+        )
+        .await;
+        match heard {
+            Err(_) => return ReadEnd::Silent,
+            Ok(None) => return ReadEnd::Lost,
+            Ok(Some(Err(error))) => return ReadEnd::Protocol(error),
+            Ok(Some(Ok(message))) => {
+                handle_message(shared, message, sent_upto.load(Ordering::SeqCst))
+            }
+        }
+    }
+}
+
+async fn write_half<K>(shared: &Shared, sink: &mut K, sent_upto: &AtomicU64) -> WriteEnd
+where
+    K: futures::Sink<Message> + Unpin,
+{
+    let mut sent_requests: BTreeSet<u64> = BTreeSet::new();
+    let mut heartbeat = tokio::time::interval(shared.config.heartbeat_interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let (frames, should_close) =
+            due_frames(shared, sent_upto.load(Ordering::SeqCst), &mut sent_requests);
+        for (seq, frame) in frames {
+            if sink.send(Message::text(frame.to_string())).await.is_err() {
+                return WriteEnd::Lost;
+            }
+            // Stored right after the write completed: an ack for `seq` can
+            // only be read after this.
+            if let Some(seq) = seq {
+                sent_upto.store(seq, Ordering::SeqCst);
             }
         }
         if should_close {
-            close_quietly(ws, CloseCode::Normal, "done").await;
-            return Ended::Closed;
-        }
-        let silence_deadline = last_heard + shared.config.heartbeat_timeout;
-        tokio::select! {
-            message = next_controller_message(&mut ws) => {
-                last_heard = Instant::now();
-                match message {
-                    None => return Ended::Lost,
-                    Some(Err(error)) => {
-                        close_quietly(ws, CloseCode::from(error.close_code()), error.reason()).await;
-                        return Ended::Lost;
-                    }
-                    Some(Ok(message)) => handle_message(shared, message, sent_upto),
-                }
+            let frame = CloseFrame {
+                code: CloseCode::Normal,
+                reason: "done".into(),
+            };
+            if sink.send(Message::Close(Some(frame))).await.is_err() {
+                return WriteEnd::Lost;
             }
+            return WriteEnd::CloseSent;
+        }
+        tokio::select! {
             _ = shared.outgoing.notified() => {}
             _ = heartbeat.tick() => {
-                let frame = encode_agent_message(&AgentMessage::Heartbeat { seq_sent: sent_upto })
+                let seq_sent = sent_upto.load(Ordering::SeqCst);
+                let frame = encode_agent_message(&AgentMessage::Heartbeat { seq_sent })
                     .expect("a heartbeat always encodes");
-                if ws.send(Message::text(frame)).await.is_err() {
-                    return Ended::Lost;
+                if sink.send(Message::text(frame)).await.is_err() {
+                    return WriteEnd::Lost;
                 }
-            }
-            _ = tokio::time::sleep_until(silence_deadline) => {
-                // A silent peer will not answer a close either: do not wait.
-                let frame = CloseFrame {
-                    code: CloseCode::Away,
-                    reason: "heartbeat timeout".into(),
-                };
-                let _ = tokio::time::timeout(Duration::from_millis(100), ws.send(Message::Close(Some(frame)))).await;
-                return Ended::Lost;
             }
         }
     }
@@ -685,33 +770,35 @@ async fn run_session(shared: &Arc<Shared>, mut ws: Ws) -> Ended {
 /// Frames to send now: unsent reliable messages, requests not yet sent on
 /// this connection, control frames. Also whether to close now (closing was
 /// asked and everything is acknowledged).
+/// A frame to send, with its reliable seq if it has one.
+type DueFrame = (Option<u64>, Arc<str>);
+
 fn due_frames(
     shared: &Shared,
-    sent_upto: &mut u64,
+    sent_upto: u64,
     sent_requests: &mut BTreeSet<u64>,
-) -> (Vec<Arc<str>>, bool) {
+) -> (Vec<DueFrame>, bool) {
     let mut state = shared
         .state
         .lock()
         .expect("link state lock is never poisoned");
     let mut frames = Vec::new();
     for (seq, frame) in &state.unacked {
-        if *seq > *sent_upto {
-            frames.push(frame.clone());
-            *sent_upto = *seq;
+        if *seq > sent_upto {
+            frames.push((Some(*seq), frame.clone()));
         }
     }
     for (request_id, approval) in &state.approvals {
         if sent_requests.insert(*request_id) {
-            frames.push(approval.frame.clone());
+            frames.push((None, approval.frame.clone()));
         }
     }
     for (request_id, model) in &state.models {
         if sent_requests.insert(*request_id) {
-            frames.push(model.frame.clone());
+            frames.push((None, model.frame.clone()));
         }
     }
-    frames.extend(state.control.drain(..));
+    frames.extend(state.control.drain(..).map(|frame| (None, frame)));
     let should_close = state.is_closing && state.unacked.is_empty();
     (frames, should_close)
 }

@@ -1013,3 +1013,28 @@ steps:
     assert!(!output_of(&messages, "missing-cwd", "stdout").contains("unreachable"));
     assert_eq!(done_status(&messages), FinalStatus::Failed);
 }
+
+#[tokio::test]
+async fn acks_written_by_the_reading_task_never_deadlock_the_agent() {
+    // This harness reads a frame and writes its ack from one task. On a Unix
+    // socket a few hundred small unread acks fill the buffer, so an agent
+    // that stopped reading while writing deadlocked here (measured: stuck
+    // after ~320 output chunks). 10 MiB of output is ~640 chunks.
+    let recipe = r#"
+name: many-chunks
+description: test
+version: 1.0.0
+steps:
+  - id: flood
+    type: bash
+    command: head -c 12000000 /dev/zero | tr '\0' b
+"#;
+    let messages = run_to_done_unprivileged(&job(recipe)).await;
+    let stdout = output_of(&messages, "flood", "stdout");
+    assert_eq!(
+        stdout.len() as u64,
+        recipe::runner::DEFAULT_MAX_OUTPUT_BYTES
+    );
+    assert_contiguous(&messages);
+    assert_eq!(done_status(&messages), FinalStatus::Succeeded);
+}
