@@ -1,9 +1,10 @@
 //! The agent's end of the agent link (see the `protocol` crate doc).
 //!
 //! One connection task owns the WebSocket. It connects to the Unix socket,
-//! says hello, and then, in one `select!` loop: sends what is pending
-//! (unacked reliable messages, approval and model requests, heartbeats),
-//! reads acks and commands, and watches the controller's silence. When the
+//! says hello, and then runs two halves concurrently: the writer sends what
+//! is pending (unacked reliable messages, approval and model requests,
+//! heartbeats), the reader handles acks and commands and watches the
+//! controller's silence (the reader never waits for the writer). When the
 //! connection drops, it reconnects with [`Backoff`] and resumes with the
 //! session key; everything not acknowledged is sent again, in order.
 //!
