@@ -157,6 +157,28 @@ impl<'s> Walker<'s, '_> {
         );
     }
 
+    /// The entries of a list element that must be a mapping (a stage, a step),
+    /// recording its path; otherwise an `expected-mapping` error naming `what`.
+    pub fn element_fields<'n>(
+        &mut self,
+        node: &'n Node,
+        path: &str,
+        what: &str,
+    ) -> Option<Fields<'n>> {
+        let Some(fields) = self.fields(node, path) else {
+            let found = describe(node);
+            self.sink.error(
+                "expected-mapping",
+                path,
+                node.span,
+                format!("each {what} must be a dictionary, found {found}"),
+            );
+            return None;
+        };
+        self.map.paths.insert(node.span, path.to_string());
+        Some(fields)
+    }
+
     /// The entries of a mapping node; `None` (and no diagnostic) otherwise.
     pub fn fields<'n>(&mut self, node: &'n Node, path: &str) -> Option<Fields<'n>> {
         let NodeKind::Map(entries) = &node.kind else {

@@ -274,17 +274,7 @@ fn load_steps(w: &mut Walker<'_, '_>, items: &[Node], path: &str) -> Vec<Step> {
 }
 
 fn load_stage(w: &mut Walker<'_, '_>, node: &Node, path: &str) -> Option<Stage> {
-    let Some(fields) = w.fields(node, path) else {
-        let found = describe(node);
-        w.sink.error(
-            "expected-mapping",
-            path,
-            node.span,
-            format!("each stage must be a dictionary, found {found}"),
-        );
-        return None;
-    };
-    w.map.paths.insert(node.span, path.to_string());
+    let fields = w.element_fields(node, path, "stage")?;
     w.unknown_keys(&fields, STAGE_KEYS, path, "stage", true);
     let name_path = join(path, "name");
     let name = fields
@@ -588,17 +578,7 @@ impl StepCtx<'_, '_> {
 }
 
 fn load_step(w: &mut Walker<'_, '_>, node: &Node, path: &str) -> Option<Step> {
-    let Some(fields) = w.fields(node, path) else {
-        let found = describe(node);
-        w.sink.error(
-            "expected-mapping",
-            path,
-            node.span,
-            format!("each step must be a dictionary, found {found}"),
-        );
-        return None;
-    };
-    w.map.paths.insert(node.span, path.to_string());
+    let fields = w.element_fields(node, path, "step")?;
     let mut known: Vec<&str> = COMMON_KEYS.to_vec();
     known.extend_from_slice(AGENT_KEYS);
     known.extend_from_slice(BASH_KEYS);
