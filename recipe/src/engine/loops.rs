@@ -178,6 +178,54 @@ async fn finish_loop(
     }
 }
 
+/// How a foreach or while loop ended, for [`conclude_loop`].
+struct LoopEnding<'a> {
+    kind: LoopKind,
+    collect: Option<&'a String>,
+    results: Vec<Value>,
+    /// `Flow::SkipRemaining` when an iteration asked to skip the rest.
+    flow: Flow,
+    skip_error: Option<String>,
+    ended_by: LoopEnd,
+    started: u64,
+}
+
+/// The common end of both loop kinds: a skip-remaining is reported as such
+/// (nothing is stored); otherwise the results are stored and reported.
+async fn conclude_loop(
+    frame: &Frame,
+    context: &mut Map<String, Value>,
+    step: &Step,
+    ending: LoopEnding<'_>,
+) -> StepDone {
+    if let Flow::SkipRemaining { .. } = &ending.flow {
+        report_skip(
+            frame,
+            step,
+            ending.started,
+            ending.kind,
+            ending.results.len() as u64,
+            ending.skip_error,
+        )
+        .await;
+        return StepDone {
+            flow: ending.flow,
+            result: ending.results.last().cloned(),
+        };
+    }
+    finish_loop(
+        frame,
+        context,
+        step,
+        ending.collect,
+        ending.results,
+        ending.kind,
+        ending.ended_by,
+        ending.started,
+    )
+    .await
+}
+
 async fn report_skip(
     frame: &Frame,
     step: &Step,
@@ -464,32 +512,16 @@ async fn run_sequential(
         }
     }
     restore(context, saved);
-    if let Flow::SkipRemaining { .. } = &flow {
-        report_skip(
-            frame,
-            step,
-            started,
-            LoopKind::Foreach,
-            results.len() as u64,
-            skip_error,
-        )
-        .await;
-        return Ok(StepDone {
-            flow,
-            result: results.last().cloned(),
-        });
-    }
-    Ok(finish_loop(
-        frame,
-        context,
-        step,
-        foreach.collect.as_ref(),
+    let ending = LoopEnding {
+        kind: LoopKind::Foreach,
+        collect: foreach.collect.as_ref(),
         results,
-        LoopKind::Foreach,
-        LoopEnd::Exhausted,
+        flow,
+        skip_error,
+        ended_by: LoopEnd::Exhausted,
         started,
-    )
-    .await)
+    };
+    Ok(conclude_loop(frame, context, step, ending).await)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -796,30 +828,14 @@ pub(crate) async fn run_while(
         }
     };
     restore(context, saved);
-    if let Flow::SkipRemaining { .. } = &flow {
-        report_skip(
-            frame,
-            step,
-            started,
-            LoopKind::While,
-            results.len() as u64,
-            skip_error,
-        )
-        .await;
-        return Ok(StepDone {
-            flow,
-            result: results.last().cloned(),
-        });
-    }
-    Ok(finish_loop(
-        frame,
-        context,
-        step,
-        while_loop.collect.as_ref(),
+    let ending = LoopEnding {
+        kind: LoopKind::While,
+        collect: while_loop.collect.as_ref(),
         results,
-        LoopKind::While,
+        flow,
+        skip_error,
         ended_by,
         started,
-    )
-    .await)
+    };
+    Ok(conclude_loop(frame, context, step, ending).await)
 }
