@@ -57,8 +57,10 @@ pub enum Runtime {
     /// runc: kernel namespaces + seccomp + cgroups. The default.
     Runc,
     /// gVisor's runsc, registered in daemon.json with
-    /// `--network=none --host-uds=open` (without `--host-uds=open` the agent's
-    /// `connect()` to the bind-mounted socket gets EPERM).
+    /// `--network=none --host-uds=open --oci-seccomp` (without
+    /// `--host-uds=open` the agent's `connect()` to the bind-mounted socket
+    /// gets EPERM; without `--oci-seccomp` Kiln's seccomp profile is not
+    /// applied inside the sandbox).
     Runsc,
 }
 
@@ -190,6 +192,88 @@ pub fn host_pids_limit(runtime: Runtime, pids: u64) -> i64 {
         Runtime::Runc => pids,
         Runtime::Runsc => pids.max(RUNSC_MIN_PIDS_LIMIT),
     }
+}
+
+/// Syscalls that Kiln's profile answers with `ENOSYS` (`errnoRet: 38`) so that
+/// libc falls back to an older, filterable syscall, and that gVisor's Sentry
+/// does not implement (it answers `ENOSYS` itself: measured with the probe).
+const RUNSC_SENTRY_ENOSYS: &[&str] = &["clone3"];
+
+/// `ENOSYS` on x86-64.
+const ENOSYS: u64 = 38;
+
+/// The seccomp profile text Docker gets for `runtime`.
+///
+/// runc: Kiln's profile verbatim.
+///
+/// runsc (registered with `--oci-seccomp`, so gVisor applies the profile to
+/// every guest syscall before the Sentry sees it): gVisor's OCI seccomp
+/// ignores `errnoRet` and answers EPERM for every `SCMP_ACT_ERRNO` rule
+/// (runsc 0.0~20221219, `runsc/specutils/seccomp`; measured: a `keyctl` rule
+/// with `errnoRet: 38` gives ENOSYS under runc and EPERM under runsc). The
+/// clone3 rule exists only to make libc fall back to `clone()`; glibc falls
+/// back on ENOSYS alone, so with EPERM every `pthread_create` failed (Python:
+/// "can't start new thread", measured). Under runsc such rules therefore
+/// allow the syscall instead, for the syscalls in [`RUNSC_SENTRY_ENOSYS`]
+/// only: the Sentry does not implement them and answers ENOSYS itself, and
+/// the host kernel is never reached either way. Every other rule is
+/// unchanged. A profile that is not valid JSON is passed on verbatim (Docker
+/// rejects it at create time).
+pub fn seccomp_for_runtime(runtime: Runtime, seccomp_json: &str) -> String {
+    if runtime == Runtime::Runc {
+        return seccomp_json.to_string();
+    }
+    let Ok(mut profile) = serde_json::from_str::<serde_json::Value>(seccomp_json) else {
+        return seccomp_json.to_string();
+    };
+    let mut n_rewritten = 0;
+    if let Some(rules) = profile
+        .get_mut("syscalls")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        for rule in rules.iter_mut() {
+            if is_sentry_enosys_rule(rule) {
+                if let Some(fields) = rule.as_object_mut() {
+                    fields.insert("action".to_string(), "SCMP_ACT_ALLOW".into());
+                    fields.remove("errnoRet");
+                    fields.insert(
+                        "comment".to_string(),
+                        "runsc: gVisor's OCI seccomp ignores errnoRet (EPERM would break \
+                         libc's clone3 -> clone fallback); allowed, so the Sentry, which does \
+                         not implement it, answers ENOSYS"
+                            .into(),
+                    );
+                    n_rewritten += 1;
+                }
+            }
+        }
+    }
+    if n_rewritten == 0 {
+        return seccomp_json.to_string();
+    }
+    serde_json::to_string(&profile).expect("a json value always serialises")
+}
+
+/// An argument-less `SCMP_ACT_ERRNO` rule with `errnoRet: 38` naming only
+/// syscalls in [`RUNSC_SENTRY_ENOSYS`].
+fn is_sentry_enosys_rule(rule: &serde_json::Value) -> bool {
+    let names_are_sentry_enosys = rule
+        .get("names")
+        .and_then(serde_json::Value::as_array)
+        .is_some_and(|names| {
+            !names.is_empty()
+                && names.iter().all(|name| {
+                    name.as_str()
+                        .is_some_and(|name| RUNSC_SENTRY_ENOSYS.contains(&name))
+                })
+        });
+    let has_no_args = rule
+        .get("args")
+        .is_none_or(|args| args.is_null() || args.as_array().is_some_and(Vec::is_empty));
+    names_are_sentry_enosys
+        && has_no_args
+        && rule.get("action").and_then(serde_json::Value::as_str) == Some("SCMP_ACT_ERRNO")
+        && rule.get("errnoRet").and_then(serde_json::Value::as_u64) == Some(ENOSYS)
 }
 
 fn mib_to_bytes(mib: u64) -> i64 {
@@ -324,9 +408,15 @@ pub fn profile(spec: &ContainerSpec) -> ContainerProfile {
             // ptrace/process_vm_*/pidfd_getfd, the new mount API, and non
             // x86-64 arches. Needed because 20.10's default allows io_uring
             // and socket(AF_VSOCK) (both measured OK under runc).
+            // Under runsc it applies inside the Sentry too (runsc registered
+            // with --oci-seccomp), with the clone3 rule adapted: see
+            // `seccomp_for_runtime`.
             // No `apparmor=` entry: this host's kernel has no AppArmor, and
             // Docker rejects the option when it is unavailable.
-            format!("seccomp={}", spec.seccomp_json),
+            format!(
+                "seccomp={}",
+                seccomp_for_runtime(spec.runtime, &spec.seccomp_json)
+            ),
         ]),
         // Rootfs writes get EROFS; without it a 200 MB write landed in the
         // host's overlay upperdir with no quota (measured).

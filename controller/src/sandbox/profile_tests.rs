@@ -15,9 +15,10 @@ use expect_test::expect_file;
 use super::*;
 
 /// A stand-in seccomp profile: the snapshot pins the profile's own fields;
-/// `runtime-image/seccomp/kiln.json` is reviewed in its own diff.
-const FIXTURE_SECCOMP: &str =
-    r#"{"defaultAction":"SCMP_ACT_ERRNO","architectures":["SCMP_ARCH_X86_64"],"syscalls":[]}"#;
+/// `runtime-image/seccomp/kiln.json` is reviewed in its own diff. Its one rule
+/// is kiln.json's clone3 rule, which runsc gets adapted
+/// ([`seccomp_for_runtime`]).
+const FIXTURE_SECCOMP: &str = r#"{"defaultAction":"SCMP_ACT_ERRNO","architectures":["SCMP_ARCH_X86_64"],"syscalls":[{"names":["clone3"],"action":"SCMP_ACT_ERRNO","errnoRet":38,"comment":"libc falls back to clone()"}]}"#;
 
 fn fixture_spec(runtime: Runtime) -> ContainerSpec {
     ContainerSpec {
@@ -117,7 +118,10 @@ fn security_fields_one_by_one() {
         let security_opt = host.security_opt.as_ref().unwrap();
         assert_eq!(security_opt.len(), 2);
         assert_eq!(security_opt[0], "no-new-privileges:true");
-        assert_eq!(security_opt[1], format!("seccomp={FIXTURE_SECCOMP}"));
+        assert_eq!(
+            security_opt[1],
+            format!("seccomp={}", seccomp_for_runtime(runtime, FIXTURE_SECCOMP))
+        );
         assert_eq!(host.readonly_rootfs, Some(true));
         assert_eq!(host.devices, Some(Vec::new()));
         assert_eq!(host.device_cgroup_rules, None);
@@ -230,4 +234,69 @@ fn snapshot_keys_are_sorted() {
     let readonly = text.find("\"ReadonlyRootfs\"").unwrap();
     assert!(cap_add < cap_drop && cap_drop < readonly);
     assert!(text.ends_with("}\n"));
+}
+
+/// The rules of a seccomp profile text, for comparing runc's and runsc's.
+fn seccomp_rules(text: &str) -> Vec<serde_json::Value> {
+    let profile: serde_json::Value = serde_json::from_str(text).unwrap();
+    profile["syscalls"].as_array().unwrap().clone()
+}
+
+#[test]
+fn runc_gets_kilns_seccomp_profile_verbatim() {
+    let kiln = crate::sandbox::image::SECCOMP_PROFILE_JSON;
+    assert_eq!(seccomp_for_runtime(Runtime::Runc, kiln), kiln);
+}
+
+/// Under runsc exactly one rule differs from kiln.json: clone3 is allowed
+/// (the Sentry answers ENOSYS itself) instead of `errnoRet: 38`, which
+/// gVisor's OCI seccomp would turn into EPERM.
+#[test]
+fn runsc_gets_kilns_profile_with_clone3_left_to_the_sentry() {
+    let kiln = crate::sandbox::image::SECCOMP_PROFILE_JSON;
+    let runc_rules = seccomp_rules(kiln);
+    let runsc_rules = seccomp_rules(&seccomp_for_runtime(Runtime::Runsc, kiln));
+    assert_eq!(runc_rules.len(), runsc_rules.len());
+    let differing: Vec<(&serde_json::Value, &serde_json::Value)> = runc_rules
+        .iter()
+        .zip(&runsc_rules)
+        .filter(|(runc, runsc)| runc != runsc)
+        .collect();
+    assert_eq!(differing.len(), 1, "{differing:#?}");
+    let (runc_rule, runsc_rule) = differing[0];
+    assert_eq!(runc_rule["names"], serde_json::json!(["clone3"]));
+    assert_eq!(runc_rule["errnoRet"], serde_json::json!(38));
+    assert_eq!(runsc_rule["names"], serde_json::json!(["clone3"]));
+    assert_eq!(runsc_rule["action"], serde_json::json!("SCMP_ACT_ALLOW"));
+    assert_eq!(runsc_rule.get("errnoRet"), None);
+    let runc_profile: serde_json::Value = serde_json::from_str(kiln).unwrap();
+    let runsc_profile: serde_json::Value =
+        serde_json::from_str(&seccomp_for_runtime(Runtime::Runsc, kiln)).unwrap();
+    for key in ["defaultAction", "defaultErrnoRet", "architectures"] {
+        assert_eq!(runc_profile[key], runsc_profile[key], "{key}");
+    }
+}
+
+/// Only argument-less ENOSYS rules naming Sentry-unimplemented syscalls are
+/// rewritten; EPERM rules, other syscalls, rules with args, and text that is
+/// not JSON pass through untouched.
+#[test]
+fn runsc_rewrites_nothing_else() {
+    for text in [
+        r#"{"syscalls":[{"names":["clone3"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#,
+        r#"{"syscalls":[{"names":["keyctl"],"action":"SCMP_ACT_ERRNO","errnoRet":38}]}"#,
+        r#"{"syscalls":[{"names":["clone3","keyctl"],"action":"SCMP_ACT_ERRNO","errnoRet":38}]}"#,
+        r#"{"syscalls":[{"names":["clone3"],"action":"SCMP_ACT_ERRNO","errnoRet":38,"args":[{"index":0,"value":1,"op":"SCMP_CMP_EQ"}]}]}"#,
+        r#"{"syscalls":[]}"#,
+        "not json",
+    ] {
+        assert_eq!(seccomp_for_runtime(Runtime::Runsc, text), text);
+    }
+    assert_eq!(
+        seccomp_for_runtime(
+            Runtime::Runsc,
+            r#"{"syscalls":[{"names":["clone3"],"action":"SCMP_ACT_ERRNO","errnoRet":38,"args":[]}]}"#
+        ),
+        r#"{"syscalls":[{"names":["clone3"],"action":"SCMP_ACT_ALLOW","args":[],"comment":"runsc: gVisor's OCI seccomp ignores errnoRet (EPERM would break libc's clone3 -> clone fallback); allowed, so the Sentry, which does not implement it, answers ENOSYS"}]}"#
+    );
 }
