@@ -7,6 +7,13 @@
 #        --network=none  : the sandbox never gets a netstack of its own;
 #        --host-uds=open : without it gVisor refuses connect() to the agent's
 #                          bind-mounted Unix socket with EPERM (measured);
+#        --oci-seccomp   : apply the container's seccomp profile (Kiln's
+#                          kiln.json) inside the Sentry too; without it a step
+#                          under runsc sees `Seccomp: 0` (measured);
+#      and reloads a running dockerd with SIGHUP (dockerd re-reads `runtimes`
+#      on SIGHUP: running containers and other clients are not disturbed);
+#      only a change of a setting that cannot be reloaded (the log driver)
+#      restarts it;
 #   3. starts dockerd itself when no init system manages it (CI, containers).
 set -euo pipefail
 
@@ -20,7 +27,9 @@ fi
 need_pkgs=()
 command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 command -v runsc >/dev/null 2>&1 || need_pkgs+=(runsc)
-[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx sh && ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' \
+# (No `grep -q` after a pipe and no `ldd | grep`: under pipefail a SIGPIPE'd
+# writer, or ldd's exit 1 for a static binary, failed the test on every run.)
+[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -x sh >/dev/null && ! ldd /bin/busybox >/dev/null 2>&1 \
   || need_pkgs+=(busybox-static)
 command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
 command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
@@ -42,7 +51,7 @@ desired=$(cat <<'JSON'
   "runtimes": {
     "runsc": {
       "path": "/usr/bin/runsc",
-      "runtimeArgs": ["--network=none", "--host-uds=open"]
+      "runtimeArgs": ["--network=none", "--host-uds=open", "--oci-seccomp"]
     }
   },
   "log-driver": "none"
@@ -62,15 +71,42 @@ if [ "$current" != "$desired" ]; then
 fi
 
 docker_ok() { timeout 5 docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
+uses_systemd() { pidof systemd >/dev/null 2>&1 && systemctl is-active --quiet docker 2>/dev/null; }
+# The running daemon's view, compared with what daemon.json asks for.
+runsc_registered() {
+  timeout 5 docker info --format '{{json .Runtimes.runsc}}' 2>/dev/null \
+    | grep -q '"runtimeArgs":\["--network=none","--host-uds=open","--oci-seccomp"\]'
+}
+log_driver_none() { [ "$(timeout 5 docker info --format '{{.LoggingDriver}}' 2>/dev/null)" = none ]; }
 
-if docker_ok; then
-  if [ "$daemon_changed" -eq 1 ]; then
-    if pidof systemd >/dev/null 2>&1 && systemctl is-active --quiet docker 2>/dev/null; then
-      log "reloading docker for the new daemon.json"
+if docker_ok && { [ "$daemon_changed" -eq 1 ] || ! runsc_registered; }; then
+  # SIGHUP: dockerd re-reads daemon.json and applies `runtimes` (measured on
+  # 20.10.24: "Reloaded configuration" lists the new runtimeArgs; containers
+  # created afterwards use them, running ones are untouched). A bad file is
+  # rejected by the daemon, which then keeps its previous configuration.
+  if uses_systemd; then
+    log "reloading docker (SIGHUP) for the new daemon.json"
+    systemctl reload docker
+  else
+    log "reloading the self-managed dockerd (SIGHUP) for the new daemon.json"
+    kill -HUP "$(pidof dockerd)"
+  fi
+  for _ in $(seq 1 25); do runsc_registered && break; sleep 0.2; done
+  if ! runsc_registered; then
+    log "dockerd did not pick up the runsc registration on reload; its runtimes now:"
+    timeout 5 docker info --format '{{json .Runtimes}}' >&2 || true
+    exit 1
+  fi
+  log "runsc registration reloaded"
+  if ! log_driver_none; then
+    # The log driver is not reloadable: this is the one case that restarts
+    # dockerd (a fresh host whose daemon still logs to json-file).
+    if uses_systemd; then
+      log "restarting docker: the log driver changes only on restart"
       systemctl restart docker
     else
-      log "restarting the self-managed dockerd for the new daemon.json"
-      pkill -x dockerd || true
+      log "restarting the self-managed dockerd: the log driver changes only on restart"
+      kill -TERM "$(pidof dockerd)" || true
       for _ in $(seq 1 50); do pidof dockerd >/dev/null || break; sleep 0.2; done
     fi
   fi
