@@ -681,7 +681,8 @@ fn assess_runsc(facts: &HostFacts, findings: &mut Vec<Finding>) {
             format!(
                 "an execution class uses runsc but the docker daemon has no runtime named \
                  {:?} (registered: {}); register it in daemon.json with runtimeArgs \
-                 [\"--network=none\", \"--host-uds=open\"] (deploy/host-setup.sh does)",
+                 [\"--network=none\", \"--host-uds=open\", \"--oci-seccomp\"] \
+                 (deploy/host-setup.sh does)",
                 runsc_name(),
                 facts.runtimes.join(", ")
             ),
@@ -787,7 +788,10 @@ fn assess_runsc(facts: &HostFacts, findings: &mut Vec<Finding>) {
                 "runsc is registered with runtimeArgs {shown_args}, without --oci-seccomp: \
                  Kiln's custom seccomp profile does not apply inside gVisor (the Sentry \
                  implements the syscalls, so the host kernel stays out of reach); add \
-                 --oci-seccomp to enforce the profile inside the sandbox as well"
+                 --oci-seccomp to enforce the profile inside the sandbox as well \
+                 (deploy/host-setup.sh does; measured with Debian's runsc 2022: io_uring, \
+                 ptrace, unshare, AF_VSOCK and the rest of the profile's denials then get \
+                 EPERM inside gVisor)"
             ),
         ));
     }
