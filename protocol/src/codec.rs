@@ -16,7 +16,10 @@ use crate::limits::{
     ARTIFACT_CHUNK_BYTES, MAX_EVENT_BYTES, MAX_EXECUTION_ID_BYTES, MAX_FRAME_BYTES, MAX_JSON_DEPTH,
     MAX_REASON_BYTES, MAX_TOKEN_BYTES,
 };
-use crate::message::{AgentMessage, ArtifactChunk, ControllerMessage};
+use crate::message::{
+    AgentMessage, ArtifactChunk, ControllerMessage, MAX_AGENT_CONFIG_BYTES, MAX_MODEL_PREFERENCES,
+    MAX_MODEL_SELECTOR_BYTES, ModelPreference, ModelRequest,
+};
 use crate::{PROTOCOL_VERSION, validate_artifact_name};
 
 /// Longest serde error detail kept in [`ProtocolError::InvalidMessage`]
@@ -44,6 +47,12 @@ pub enum ProtocolError {
         size: usize,
         max: usize,
     },
+    #[error("field {field} has {count} entries, over the limit of {max}")]
+    TooManyEntries {
+        field: &'static str,
+        count: usize,
+        max: usize,
+    },
     #[error("an agent may not send the sandbox event {kind}")]
     ForbiddenEvent { kind: &'static str },
     #[error("invalid artifact chunk: {detail}")]
@@ -65,6 +74,7 @@ impl ProtocolError {
             ProtocolError::InvalidMessage { .. } => "invalid_message",
             ProtocolError::VersionMismatch { .. } => "version_mismatch",
             ProtocolError::FieldTooLarge { .. } => "field_too_large",
+            ProtocolError::TooManyEntries { .. } => "too_many_entries",
             ProtocolError::ForbiddenEvent { .. } => "forbidden_event",
             ProtocolError::InvalidArtifactChunk { .. } => "invalid_artifact_chunk",
             ProtocolError::InvalidJob { .. } => "invalid_job",
@@ -214,8 +224,11 @@ pub fn decode_controller_frame(bytes: &[u8]) -> Result<ControllerMessage, Protoc
 }
 
 /// Encodes an agent message, refusing one that the controller would refuse
-/// for its size.
+/// for its size (the frame, an event, a model request's fields).
 pub fn encode_agent_message(message: &AgentMessage) -> Result<String, ProtocolError> {
+    if let AgentMessage::ModelRequest(request) = message {
+        validate_model_request(request)?;
+    }
     let text = serde_json::to_string(message).map_err(|error| ProtocolError::Encode {
         detail: error.to_string(),
     })?;
@@ -281,10 +294,72 @@ fn validate_agent_message(message: &AgentMessage, frame_len: usize) -> Result<()
                 check_field("message", message, MAX_REASON_BYTES)?;
             }
         }
+        AgentMessage::ModelRequest(request) => validate_model_request(request)?,
         AgentMessage::Heartbeat { .. }
         | AgentMessage::ApprovalRequest(_)
-        | AgentMessage::ModelRequest(_)
         | AgentMessage::ModelCancel { .. } => {}
+    }
+    Ok(())
+}
+
+/// The bounds of a model request's selection (the frame bounds the rest).
+fn validate_model_request(request: &ModelRequest) -> Result<(), ProtocolError> {
+    check_field("agent", &request.agent, MAX_MODEL_SELECTOR_BYTES)?;
+    let selectors = [
+        ("provider", &request.provider),
+        ("model", &request.model),
+        ("model_role", &request.model_role),
+    ];
+    for (field, value) in selectors {
+        if let Some(value) = value {
+            check_field(field, value, MAX_MODEL_SELECTOR_BYTES)?;
+        }
+    }
+    if let Some(preferences) = &request.provider_preferences {
+        if preferences.len() > MAX_MODEL_PREFERENCES {
+            return Err(ProtocolError::TooManyEntries {
+                field: "provider_preferences",
+                count: preferences.len(),
+                max: MAX_MODEL_PREFERENCES,
+            });
+        }
+        for preference in preferences {
+            match preference {
+                ModelPreference::Provider { provider, model } => {
+                    check_field(
+                        "provider_preferences.provider",
+                        provider,
+                        MAX_MODEL_SELECTOR_BYTES,
+                    )?;
+                    if let Some(model) = model {
+                        check_field(
+                            "provider_preferences.model",
+                            model,
+                            MAX_MODEL_SELECTOR_BYTES,
+                        )?;
+                    }
+                }
+                ModelPreference::Class { class } => {
+                    check_field(
+                        "provider_preferences.class",
+                        class,
+                        MAX_MODEL_SELECTOR_BYTES,
+                    )?;
+                }
+            }
+        }
+    }
+    if let Some(agent_config) = &request.agent_config {
+        let size = serde_json::to_string(agent_config)
+            .map(|text| text.len())
+            .unwrap_or(usize::MAX);
+        if size > MAX_AGENT_CONFIG_BYTES {
+            return Err(ProtocolError::FieldTooLarge {
+                field: "agent_config",
+                size,
+                max: MAX_AGENT_CONFIG_BYTES,
+            });
+        }
     }
     Ok(())
 }

@@ -69,10 +69,22 @@ fn agent_messages() -> Vec<AgentMessage> {
                     content: "hi".into(),
                 },
             ],
-            preferences: vec![ModelPreference {
-                provider: "anthropic".into(),
-                model: Some("claude".into()),
-            }],
+            provider: Some("anthropic".into()),
+            model: Some("claude-*".into()),
+            provider_preferences: Some(vec![
+                ModelPreference::Class {
+                    class: "reasoning".into(),
+                },
+                ModelPreference::Provider {
+                    provider: "local".into(),
+                    model: None,
+                },
+            ]),
+            model_role: Some("coding".into()),
+            agent_config: Some(serde_json::Map::from_iter([
+                ("temperature".to_string(), serde_json::json!(0.7)),
+                ("tools".to_string(), serde_json::json!([{"module": "x"}])),
+            ])),
             parameters: ModelParameters {
                 temperature: Some(0.5),
                 max_tokens: Some(100),
@@ -83,6 +95,7 @@ fn agent_messages() -> Vec<AgentMessage> {
             timeout_secs: 600,
         }),
         AgentMessage::ModelCancel { request_id: 2 },
+        AgentMessage::ModelRequest(minimal_model_request()),
         AgentMessage::ArtifactChunk(ArtifactChunk {
             seq: 10,
             name: "out/report.txt".into(),
@@ -109,6 +122,27 @@ fn agent_messages() -> Vec<AgentMessage> {
             }),
         }),
     ]
+}
+
+/// A model request with no selection at all (the operator's default).
+fn minimal_model_request() -> ModelRequest {
+    ModelRequest {
+        request_id: 3,
+        step_id: "plain".into(),
+        agent: "self".into(),
+        messages: vec![ModelMessage {
+            role: ModelRole::User,
+            content: "q".into(),
+        }],
+        provider: None,
+        model: None,
+        provider_preferences: None,
+        model_role: None,
+        agent_config: None,
+        parameters: ModelParameters::default(),
+        stream: false,
+        timeout_secs: 0,
+    }
 }
 
 fn controller_messages() -> Vec<ControllerMessage> {
@@ -186,21 +220,26 @@ fn every_controller_message_round_trips() {
 #[test]
 fn exact_json_shapes() {
     let messages = agent_messages();
-    expect![[r#"{"type":"hello","version":1,"execution_id":"ex-1","token":"tok"}"#]]
+    expect![[r#"{"type":"hello","version":2,"execution_id":"ex-1","token":"tok"}"#]]
         .assert_eq(&encode_agent_message(&messages[0]).unwrap());
-    expect![[r#"{"type":"hello","version":1,"execution_id":"ex-1","token":"","resume":{"session_key":"sk","last_acked_seq":41}}"#]]
+    expect![[r#"{"type":"hello","version":2,"execution_id":"ex-1","token":"","resume":{"session_key":"sk","last_acked_seq":41}}"#]]
         .assert_eq(&encode_agent_message(&messages[1]).unwrap());
     expect![[r#"{"type":"event","seq":3,"at_ms":1700000000000,"body":{"source":"sandbox","event":{"type":"artifact_rejected","name":"../x","reason":"invalid_name"}}}"#]]
         .assert_eq(&encode_agent_message(&messages[2]).unwrap());
     expect![[r#"{"type":"heartbeat","seq_sent":9}"#]]
         .assert_eq(&encode_agent_message(&messages[4]).unwrap());
     expect![[r#"{"type":"artifact_chunk","seq":10,"name":"out/report.txt","offset":0,"data_b64":"aGVsbG8=","last":true,"sha256":"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}"#]]
-        .assert_eq(&encode_agent_message(&messages[8]).unwrap());
-    expect![[r#"{"type":"done","seq":11,"outcome":{"status":"failed","reason":"step_failed","message":"step 'b' exited with 3"}}"#]]
         .assert_eq(&encode_agent_message(&messages[9]).unwrap());
+    expect![[r#"{"type":"done","seq":11,"outcome":{"status":"failed","reason":"step_failed","message":"step 'b' exited with 3"}}"#]]
+        .assert_eq(&encode_agent_message(&messages[10]).unwrap());
 
     expect![[r#"{"type":"event","seq":12,"at_ms":6,"body":{"source":"engine","event":{"type":"step_output","step_id":"build","stream":"stdout","text":"hello\n"}}}"#]]
-        .assert_eq(&encode_agent_message(&messages[10]).unwrap());
+        .assert_eq(&encode_agent_message(&messages[11]).unwrap());
+
+    expect![[r#"{"type":"model_request","request_id":2,"step_id":"ask","agent":"zen-architect","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}],"provider":"anthropic","model":"claude-*","provider_preferences":[{"kind":"class","class":"reasoning"},{"kind":"provider","provider":"local"}],"model_role":"coding","agent_config":{"temperature":0.7,"tools":[{"module":"x"}]},"parameters":{"temperature":0.5,"max_tokens":100,"stop":["END"]},"stream":true,"timeout_secs":600}"#]]
+        .assert_eq(&encode_agent_message(&messages[6]).unwrap());
+    expect![[r#"{"type":"model_request","request_id":3,"step_id":"plain","agent":"self","messages":[{"role":"user","content":"q"}],"parameters":{},"stream":false,"timeout_secs":0}"#]]
+        .assert_eq(&encode_agent_message(&messages[8]).unwrap());
 
     let messages = controller_messages();
     expect![[r#"{"type":"job","recipe_source":"name: x\n","inputs":{"a":1},"files":{"sub.yaml":"name: sub\n"},"limits":{"max_output_bytes":67108864,"max_step_output_bytes":10485760,"max_artifacts":256,"max_artifact_bytes":67108864,"max_total_artifact_bytes":268435456,"rlimit_nofile":1024},"step_uid":200001,"step_gid":200001}"#]]
@@ -338,7 +377,7 @@ fn invalid_utf8_is_refused_with_1007() {
 fn unknown_fields_and_types_are_refused() {
     let cases = [
         r#"{"type":"heartbeat","seq_sent":1,"extra":true}"#,
-        r#"{"type":"hello","version":1,"execution_id":"e","token":"t","tokne":"x"}"#,
+        r#"{"type":"hello","version":2,"execution_id":"e","token":"t","tokne":"x"}"#,
         r#"{"type":"event","seq":1,"at_ms":1,"body":{"source":"sandbox","event":{"type":"agent_started","agent_version":"1","x":1}}}"#,
         r#"{"type":"event","seq":1,"at_ms":1,"body":{"source":"controller","event":{"type":"queued"}}}"#,
         r#"{"type":"nonsense"}"#,
@@ -362,12 +401,12 @@ fn unknown_fields_and_types_are_refused() {
 
 #[test]
 fn wrong_version_is_reported_as_such() {
-    let v2 = r#"{"type":"hello","version":2,"execution_id":"e","token":"t"}"#;
+    let v1 = r#"{"type":"hello","version":1,"execution_id":"e","token":"t"}"#;
     assert_eq!(
-        decode_agent_message(v2).unwrap_err(),
+        decode_agent_message(v1).unwrap_err(),
         ProtocolError::VersionMismatch {
-            got: 2,
-            expected: 1
+            got: 1,
+            expected: 2
         }
     );
     // Even when a future hello has fields this version does not know.
@@ -378,7 +417,7 @@ fn wrong_version_is_reported_as_such() {
 #[test]
 fn field_bounds_are_enforced() {
     let long_token = format!(
-        r#"{{"type":"hello","version":1,"execution_id":"e","token":"{}"}}"#,
+        r#"{{"type":"hello","version":2,"execution_id":"e","token":"{}"}}"#,
         "t".repeat(MAX_TOKEN_BYTES + 1)
     );
     assert_eq!(agent_reason(&long_token), "field_too_large");
@@ -476,4 +515,172 @@ fn unit_messages_refuse_extra_fields() {
         .unwrap_err()
         .reason();
     assert_eq!(reason, "invalid_message");
+}
+
+#[test]
+fn model_requests_refuse_unknown_and_old_fields() {
+    let base = r#""request_id":1,"step_id":"s","agent":"a","messages":[],"timeout_secs":1"#;
+    // The smallest request decodes, every selection field absent.
+    let minimal = format!(r#"{{"type":"model_request",{base}}}"#);
+    let AgentMessage::ModelRequest(request) = decode_agent_message(&minimal).unwrap() else {
+        panic!("not a model request");
+    };
+    assert_eq!(
+        (
+            request.provider,
+            request.provider_preferences,
+            request.model_role,
+            request.agent_config,
+            request.stream
+        ),
+        (None, None, None, None, false)
+    );
+    let cases = [
+        // Protocol 1's list is gone.
+        format!(r#"{{"type":"model_request",{base},"preferences":[{{"provider":"p"}}]}}"#),
+        // Entries are tagged, and each kind has exactly its own fields.
+        format!(r#"{{"type":"model_request",{base},"provider_preferences":[{{"provider":"p"}}]}}"#),
+        format!(
+            r#"{{"type":"model_request",{base},"provider_preferences":[{{"kind":"provider","provider":"p","class":"c"}}]}}"#
+        ),
+        format!(
+            r#"{{"type":"model_request",{base},"provider_preferences":[{{"kind":"class","class":"c","model":"m"}}]}}"#
+        ),
+        format!(
+            r#"{{"type":"model_request",{base},"provider_preferences":[{{"kind":"role","role":"r"}}]}}"#
+        ),
+        format!(r#"{{"type":"model_request",{base},"agent_config":[1]}}"#),
+        format!(r#"{{"type":"model_request",{base},"model_role":7}}"#),
+        format!(r#"{{"type":"model_request",{base},"parameters":{{"seed":1}}}}"#),
+    ];
+    for case in &cases {
+        assert_eq!(agent_reason(case), "invalid_message", "{case}");
+    }
+}
+
+#[test]
+fn model_request_selection_is_bounded_both_ways() {
+    let long = "x".repeat(MAX_MODEL_SELECTOR_BYTES + 1);
+    let at_limit = "x".repeat(MAX_MODEL_SELECTOR_BYTES);
+    let with = |edit: &dyn Fn(&mut ModelRequest)| {
+        let mut request = minimal_model_request();
+        edit(&mut request);
+        AgentMessage::ModelRequest(request)
+    };
+    let refused: Vec<(AgentMessage, ProtocolError)> = vec![
+        (
+            with(&|r| r.agent = long.clone()),
+            ProtocolError::FieldTooLarge {
+                field: "agent",
+                size: 257,
+                max: 256,
+            },
+        ),
+        (
+            with(&|r| r.provider = Some(long.clone())),
+            ProtocolError::FieldTooLarge {
+                field: "provider",
+                size: 257,
+                max: 256,
+            },
+        ),
+        (
+            with(&|r| r.model = Some(long.clone())),
+            ProtocolError::FieldTooLarge {
+                field: "model",
+                size: 257,
+                max: 256,
+            },
+        ),
+        (
+            with(&|r| r.model_role = Some(long.clone())),
+            ProtocolError::FieldTooLarge {
+                field: "model_role",
+                size: 257,
+                max: 256,
+            },
+        ),
+        (
+            with(&|r| {
+                r.provider_preferences = Some(vec![ModelPreference::Class {
+                    class: long.clone(),
+                }])
+            }),
+            ProtocolError::FieldTooLarge {
+                field: "provider_preferences.class",
+                size: 257,
+                max: 256,
+            },
+        ),
+        (
+            with(&|r| {
+                r.provider_preferences = Some(vec![ModelPreference::Provider {
+                    provider: "p".into(),
+                    model: Some(long.clone()),
+                }])
+            }),
+            ProtocolError::FieldTooLarge {
+                field: "provider_preferences.model",
+                size: 257,
+                max: 256,
+            },
+        ),
+        (
+            with(&|r| {
+                r.provider_preferences = Some(vec![
+                    ModelPreference::Class { class: "c".into() };
+                    MAX_MODEL_PREFERENCES + 1
+                ])
+            }),
+            ProtocolError::TooManyEntries {
+                field: "provider_preferences",
+                count: 33,
+                max: 32,
+            },
+        ),
+        (
+            with(&|r| {
+                r.agent_config = Some(serde_json::Map::from_iter([(
+                    "system_prompt".to_string(),
+                    serde_json::json!("p".repeat(MAX_AGENT_CONFIG_BYTES)),
+                )]))
+            }),
+            ProtocolError::FieldTooLarge {
+                field: "agent_config",
+                size: MAX_AGENT_CONFIG_BYTES + 20,
+                max: MAX_AGENT_CONFIG_BYTES,
+            },
+        ),
+    ];
+    for (message, error) in refused {
+        // The agent refuses to send it, and the controller to accept it.
+        assert_eq!(encode_agent_message(&message).unwrap_err(), error);
+        let text = serde_json::to_string(&message).unwrap();
+        assert_eq!(decode_agent_message(&text).unwrap_err(), error);
+        assert_eq!(error.close_code(), 1008);
+    }
+    assert_eq!(
+        ProtocolError::TooManyEntries {
+            field: "provider_preferences",
+            count: 33,
+            max: 32
+        }
+        .reason(),
+        "too_many_entries"
+    );
+    let accepted = with(&|r| {
+        r.agent = at_limit.clone();
+        r.provider = Some(at_limit.clone());
+        r.model = Some(at_limit.clone());
+        r.model_role = Some(at_limit.clone());
+        r.provider_preferences = Some(vec![
+            ModelPreference::Provider {
+                provider: at_limit.clone(),
+                model: Some(at_limit.clone()),
+            };
+            MAX_MODEL_PREFERENCES
+        ]);
+    });
+    let text = encode_agent_message(&accepted).unwrap();
+    assert_eq!(decode_agent_message(&text).unwrap(), accepted);
 }

@@ -84,12 +84,23 @@
 //! # Model calls
 //!
 //! An agent step sends [`ModelRequest`]`{request_id, step_id, agent,
-//! messages, preferences, parameters, stream, timeout_secs}`. The controller
-//! (which alone holds provider keys) answers with [`ModelResponse`]s for that
-//! id: zero or more `chunk{text}` when streaming, then exactly one
-//! `completed{text, provider, model, usage, finish_reason}` or
-//! `error{code, message}`. [`AgentMessage::ModelCancel`] tells the controller
-//! the answer is no longer needed.
+//! messages, provider?, model?, provider_preferences?, model_role?,
+//! agent_config?, parameters, stream, timeout_secs}`: the step's whole model
+//! selection as the recipe wrote it (after templating), `provider_preferences`
+//! entries tagged by `kind` ([`ModelPreference`]`::Provider{provider, model?}`
+//! or `::Class{class}`), and `agent_config` untouched. The controller (which
+//! alone holds provider keys) resolves the selection against the agent's
+//! profile and its own configuration, and applies the `agent_config`
+//! allowlist; explicit `parameters` override the same keys of `agent_config`.
+//! Selector strings are at most [`MAX_MODEL_SELECTOR_BYTES`], the preference
+//! list at most [`MAX_MODEL_PREFERENCES`] entries, `agent_config` at most
+//! [`MAX_AGENT_CONFIG_BYTES`] as JSON; both encoding and decoding check them.
+//!
+//! The controller answers with [`ModelResponse`]s for that id: zero or more
+//! `chunk{text}` when `stream` is true, then exactly one `completed{text,
+//! provider, model, usage, finish_reason}` or `error{code, message}`.
+//! [`AgentMessage::ModelCancel`] tells the controller the answer is no longer
+//! needed.
 //!
 //! # Artifacts
 //!
@@ -128,7 +139,11 @@ mod limits;
 mod message;
 
 /// Version of this protocol; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// - 2: `ModelRequest` carries the step's whole model selection (`provider`,
+///   `model`, `provider_preferences` with `class` entries, `model_role`,
+///   `agent_config`) instead of a `preferences` list.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 pub use artifact_name::{ArtifactNameError, validate_artifact_name};
 pub use codec::{
@@ -143,7 +158,8 @@ pub use event::{
 pub use limits::*;
 pub use message::{
     AgentMessage, ApprovalChoice, ApprovalDecision, ApprovalRequest, ArtifactChunk,
-    ControllerMessage, Done, Hello, Job, JobLimits, ModelErrorCode, ModelMessage, ModelParameters,
-    ModelPreference, ModelRequest, ModelResponse, ModelResponseBody, ModelRole, ModelUsage,
-    Outcome, RejectReason, Resume, WireEvent,
+    ControllerMessage, Done, Hello, Job, JobLimits, MAX_AGENT_CONFIG_BYTES, MAX_MODEL_PREFERENCES,
+    MAX_MODEL_SELECTOR_BYTES, ModelErrorCode, ModelMessage, ModelParameters, ModelPreference,
+    ModelRequest, ModelResponse, ModelResponseBody, ModelRole, ModelUsage, Outcome, RejectReason,
+    Resume, WireEvent,
 };

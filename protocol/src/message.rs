@@ -10,6 +10,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{AgentEventBody, FinalStatus};
 
+/// Longest `agent`, `provider`, `model`, `model_role` and `class` of a
+/// [`ModelRequest`], in bytes (agent names are at most 128, provider names 64).
+pub const MAX_MODEL_SELECTOR_BYTES: usize = 256;
+/// Most `provider_preferences` entries of a [`ModelRequest`].
+pub const MAX_MODEL_PREFERENCES: usize = 32;
+/// Largest `agent_config` of a [`ModelRequest`], serialized as JSON, in bytes.
+pub const MAX_AGENT_CONFIG_BYTES: usize = 64 * 1024;
+
 /// Messages the agent sends to the controller.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -212,6 +220,13 @@ pub struct ApprovalDecision {
 
 /// A model call for an agent step. The controller holds the API keys; the
 /// sandbox never sees them.
+///
+/// The step's whole model selection travels as the recipe wrote it
+/// (`provider`, `model`, `provider_preferences` with `class:` entries,
+/// `model_role`, `agent_config`): the controller resolves it against the
+/// agent profile and the operator's configuration, and applies the
+/// `agent_config` allowlist itself. Bounds: [`crate::MAX_MODEL_SELECTOR_BYTES`],
+/// [`crate::MAX_MODEL_PREFERENCES`], [`crate::MAX_AGENT_CONFIG_BYTES`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelRequest {
@@ -222,9 +237,23 @@ pub struct ModelRequest {
     /// The recipe's `agent` name.
     pub agent: String,
     pub messages: Vec<ModelMessage>,
-    /// Providers/models in order of preference; empty = the operator default.
-    #[serde(default)]
-    pub preferences: Vec<ModelPreference>,
+    /// The step's `provider` (templated by the engine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// The step's `model` (templated by the engine; may be a glob or alias).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The step's `provider_preferences`, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_preferences: Option<Vec<ModelPreference>>,
+    /// The step's `model_role`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_role: Option<String>,
+    /// The step's agent_config as written; the controller applies its allowlist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_config: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Explicit sampling parameters; they override the same keys of
+    /// `agent_config`.
     #[serde(default)]
     pub parameters: ModelParameters,
     /// Ask for `chunk` responses before the final `completed`.
@@ -250,13 +279,20 @@ pub struct ModelMessage {
     pub content: String,
 }
 
-/// A provider (and optionally model) the recipe prefers.
+/// One entry of a step's `provider_preferences`:
+/// `{"kind": "provider", "provider": "anthropic", "model": "claude-*"}` or
+/// `{"kind": "class", "class": "reasoning"}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelPreference {
-    pub provider: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ModelPreference {
+    /// A provider, and optionally a model of it.
+    Provider {
+        provider: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+    },
+    /// A model class the operator maps to a provider and model.
+    Class { class: String },
 }
 
 /// Sampling parameters; `None` = provider default.

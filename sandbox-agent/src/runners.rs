@@ -257,34 +257,7 @@ impl AgentRunners {
     }
 
     async fn run_agent(&self, request: AgentRequest) -> Result<AgentOutcome, RunnerError> {
-        let mut preferences = Vec::new();
-        if let Some(provider) = &request.provider {
-            preferences.push(ModelPreference {
-                provider: provider.clone(),
-                model: request.model.clone(),
-            });
-        }
-        for preference in request.provider_preferences.iter().flatten() {
-            if let ProviderPreference::Provider { provider, model } = preference {
-                preferences.push(ModelPreference {
-                    provider: provider.clone(),
-                    model: model.clone(),
-                });
-            }
-        }
-        let model_request = ModelRequest {
-            request_id: 0,
-            step_id: request.step_id.clone(),
-            agent: request.agent.clone(),
-            messages: vec![ModelMessage {
-                role: ModelRole::User,
-                content: request.prompt.clone(),
-            }],
-            preferences,
-            parameters: ModelParameters::default(),
-            stream: false,
-            timeout_secs: request.timeout.as_secs(),
-        };
+        let model_request = model_request_of(&request);
         let (request_id, mut responses) = self
             .link
             .request_model(model_request)
@@ -339,6 +312,50 @@ impl AgentRunners {
             // engine is cancelled. Never decide on nobody's behalf.
             Err(_) => std::future::pending().await,
         }
+    }
+}
+
+/// The wire request for an agent step: the step's whole model selection as
+/// the engine gives it (templated `provider`/`model`, `provider_preferences`
+/// with `class` entries, `model_role`, `agent_config`), nothing dropped. The
+/// controller resolves it and applies the `agent_config` allowlist; the
+/// sandbox holds no configuration to judge it by. `request_id` is assigned
+/// by the link.
+///
+/// `stream` is false: the controller streams the live tokens to watchers
+/// itself (as `model_output` events), and the step only needs the final
+/// answer, so chunks sent here would only cost frames.
+pub fn model_request_of(request: &AgentRequest) -> ModelRequest {
+    let provider_preferences = request.provider_preferences.as_ref().map(|entries| {
+        entries
+            .iter()
+            .map(|entry| match entry {
+                ProviderPreference::Provider { provider, model } => ModelPreference::Provider {
+                    provider: provider.clone(),
+                    model: model.clone(),
+                },
+                ProviderPreference::Class { class } => ModelPreference::Class {
+                    class: class.clone(),
+                },
+            })
+            .collect()
+    });
+    ModelRequest {
+        request_id: 0,
+        step_id: request.step_id.clone(),
+        agent: request.agent.clone(),
+        messages: vec![ModelMessage {
+            role: ModelRole::User,
+            content: request.prompt.clone(),
+        }],
+        provider: request.provider.clone(),
+        model: request.model.clone(),
+        provider_preferences,
+        model_role: request.model_role.clone(),
+        agent_config: request.agent_config.clone(),
+        parameters: ModelParameters::default(),
+        stream: false,
+        timeout_secs: request.timeout.as_secs(),
     }
 }
 

@@ -22,7 +22,11 @@
 //!
 //! `agent_config` may override `temperature`, `max_tokens` and `top_p`
 //! only; every other key is ignored with a note (it could otherwise choose
-//! tools, providers or endpoints).
+//! tools, providers or endpoints). A wire request's explicit `parameters`
+//! override the same keys of its `agent_config` before that check.
+//!
+//! The engine's `AgentRequest` and the wire's `ModelRequest` carry the same
+//! selection fields and map through one function (`StepSelection::from_fields`).
 
 use std::time::Duration;
 
@@ -48,57 +52,72 @@ pub struct StepSelection {
 impl StepSelection {
     /// From the engine's agent request.
     pub fn from_agent_request(request: &recipe::runner::AgentRequest) -> StepSelection {
-        StepSelection {
-            provider: request.provider.clone(),
-            model: request.model.clone(),
-            provider_preferences: request.provider_preferences.as_ref().map(|entries| {
-                entries
-                    .iter()
-                    .map(|entry| match entry {
-                        recipe::model::ProviderPreference::Provider { provider, model } => {
-                            PreferenceEntry::Provider {
-                                provider: provider.clone(),
-                                model: model.clone(),
-                            }
-                        }
-                        recipe::model::ProviderPreference::Class { class } => {
-                            PreferenceEntry::Class {
-                                class: class.clone(),
-                            }
-                        }
-                    })
-                    .collect()
-            }),
-            model_role: request.model_role.clone(),
-        }
+        StepSelection::from_fields(
+            &request.provider,
+            &request.model,
+            request.provider_preferences.as_deref(),
+            &request.model_role,
+        )
     }
 
-    /// From the wire's model request: its `preferences` list is the step's
-    /// preference list (the recipe's `provider`/`model` become a one-entry
-    /// list on the agent side); a `provider` of the form `class:<name>` is a
-    /// class entry. The wire carries no `model_role` yet.
+    /// From the wire's model request, which carries the step's selection as
+    /// the recipe wrote it: the same mapping as [`Self::from_agent_request`].
     pub fn from_model_request(request: &protocol::ModelRequest) -> StepSelection {
-        if request.preferences.is_empty() {
-            return StepSelection::default();
-        }
-        let entries = request
-            .preferences
-            .iter()
-            .map(
-                |preference| match preference.provider.strip_prefix("class:") {
-                    Some(class) => PreferenceEntry::Class {
-                        class: class.to_string(),
-                    },
-                    None => PreferenceEntry::Provider {
-                        provider: preference.provider.clone(),
-                        model: preference.model.clone(),
-                    },
-                },
-            )
-            .collect();
+        StepSelection::from_fields(
+            &request.provider,
+            &request.model,
+            request.provider_preferences.as_deref(),
+            &request.model_role,
+        )
+    }
+
+    /// The one mapping behind both constructors: the four selection fields
+    /// as they are, each preference entry converted.
+    fn from_fields<'e, E>(
+        provider: &Option<String>,
+        model: &Option<String>,
+        provider_preferences: Option<&'e [E]>,
+        model_role: &Option<String>,
+    ) -> StepSelection
+    where
+        &'e E: Into<PreferenceEntry>,
+    {
         StepSelection {
-            provider_preferences: Some(entries),
-            ..StepSelection::default()
+            provider: provider.clone(),
+            model: model.clone(),
+            provider_preferences: provider_preferences
+                .map(|entries| entries.iter().map(Into::into).collect()),
+            model_role: model_role.clone(),
+        }
+    }
+}
+
+impl From<&recipe::model::ProviderPreference> for PreferenceEntry {
+    fn from(entry: &recipe::model::ProviderPreference) -> PreferenceEntry {
+        match entry {
+            recipe::model::ProviderPreference::Provider { provider, model } => {
+                PreferenceEntry::Provider {
+                    provider: provider.clone(),
+                    model: model.clone(),
+                }
+            }
+            recipe::model::ProviderPreference::Class { class } => PreferenceEntry::Class {
+                class: class.clone(),
+            },
+        }
+    }
+}
+
+impl From<&protocol::ModelPreference> for PreferenceEntry {
+    fn from(entry: &protocol::ModelPreference) -> PreferenceEntry {
+        match entry {
+            protocol::ModelPreference::Provider { provider, model } => PreferenceEntry::Provider {
+                provider: provider.clone(),
+                model: model.clone(),
+            },
+            protocol::ModelPreference::Class { class } => PreferenceEntry::Class {
+                class: class.clone(),
+            },
         }
     }
 }
@@ -133,10 +152,13 @@ impl<'a> ResolveInput<'a> {
         }
     }
 
-    /// From the wire's model request. System messages from the sandbox are
-    /// dropped (the system prompt is the profile's; `notes` says so), the
-    /// sampling parameters go through the same allowlist as `agent_config`,
-    /// and `timeout_secs` (0 = none) bounds the call.
+    /// From the wire's model request. The selection maps as in
+    /// [`Self::from_agent_request`]. System messages from the sandbox are
+    /// dropped (the system prompt is the profile's; `notes` says so). The
+    /// explicit `parameters` override the same keys of the step's
+    /// `agent_config`, and the result goes through the allowlist in
+    /// [`resolve`] (a note per dropped key). `timeout_secs` (0 = none)
+    /// bounds the call.
     pub fn from_model_request(
         request: &'a protocol::ModelRequest,
         notes: &mut Vec<String>,
@@ -160,7 +182,7 @@ impl<'a> ResolveInput<'a> {
             });
         }
         let params = &request.parameters;
-        let mut agent_config = Map::new();
+        let mut agent_config = request.agent_config.clone().unwrap_or_default();
         if let Some(temperature) = params.temperature {
             agent_config.insert("temperature".to_string(), Value::from(temperature));
         }

@@ -524,24 +524,208 @@ fn from_agent_request_keeps_prompt_and_classes() {
     assert_eq!(resolution.source, SelectionSource::StepPreferences);
 }
 
-#[test]
-fn from_wire_request_reads_class_entries() {
-    let request: protocol::ModelRequest = serde_json::from_value(json!({
-        "request_id": 1, "step_id": "s", "agent": "self",
+/// A wire request for agent `default` with the given fields merged in.
+fn wire_request(fields: serde_json::Value) -> protocol::ModelRequest {
+    let mut request = json!({
+        "request_id": 1, "step_id": "s", "agent": "default",
         "messages": [{"role": "user", "content": "hi"}],
-        "preferences": [{"provider": "class:cheap"}, {"provider": "anth", "model": "sonnet"}],
         "timeout_secs": 10
-    }))
-    .unwrap();
-    let selection = StepSelection::from_model_request(&request);
+    });
+    let object = request.as_object_mut().unwrap();
+    for (key, value) in fields.as_object().unwrap() {
+        object.insert(key.clone(), value.clone());
+    }
+    serde_json::from_value(request).unwrap()
+}
+
+#[test]
+fn wire_selection_maps_like_the_engine_request() {
+    // (wire fields, expected selection, provider, model, source)
+    let cases: Vec<(
+        serde_json::Value,
+        StepSelection,
+        &str,
+        &str,
+        SelectionSource,
+    )> = vec![
+        (
+            json!({"provider_preferences": [
+                {"kind": "class", "class": "cheap"},
+                {"kind": "provider", "provider": "anth", "model": "sonnet"}
+            ]}),
+            sel(
+                None,
+                None,
+                Some(vec![class("cheap"), pp("anth", Some("sonnet"))]),
+                None,
+            ),
+            "local",
+            "llama-1b",
+            SelectionSource::StepPreferences,
+        ),
+        (
+            json!({"model_role": "coding"}),
+            sel(None, None, None, Some("coding")),
+            "anth",
+            "claude-sonnet-4-5",
+            SelectionSource::StepModelRole,
+        ),
+        (
+            json!({"provider": "anth", "model": "sonnet"}),
+            sel(Some("anth"), Some("sonnet"), None, None),
+            "anth",
+            "claude-sonnet-4-5-20250929",
+            SelectionSource::StepProviderModel,
+        ),
+        (
+            json!({"provider": "anth"}),
+            sel(Some("anth"), None, None, None),
+            "anth",
+            "claude-sonnet-4-5",
+            SelectionSource::StepProvider,
+        ),
+        (
+            json!({"model": "fast"}),
+            sel(None, Some("fast"), None, None),
+            "local",
+            "llama-1b",
+            SelectionSource::StepModel,
+        ),
+        (
+            json!({}),
+            StepSelection::default(),
+            "local",
+            "llama",
+            SelectionSource::OperatorDefault,
+        ),
+    ];
+    for (idx, (fields, selection, provider, model, source)) in cases.into_iter().enumerate() {
+        let request = wire_request(fields);
+        assert_eq!(
+            StepSelection::from_model_request(&request),
+            selection,
+            "case {idx}"
+        );
+        let mut notes = Vec::new();
+        let input = ResolveInput::from_model_request(&request, &mut notes);
+        assert_eq!(notes, Vec::<String>::new(), "case {idx}");
+        let resolution = resolve(&config(), &profiles(), &input).unwrap();
+        assert_eq!(
+            (
+                resolution.request.provider.as_str(),
+                resolution.request.model.as_str(),
+                resolution.source
+            ),
+            (provider, model, source),
+            "case {idx}"
+        );
+    }
+}
+
+#[test]
+fn wire_and_engine_requests_give_the_same_selection() {
+    let engine = recipe::runner::AgentRequest {
+        step_id: "s".into(),
+        agent: "self".into(),
+        prompt: "hi".into(),
+        agent_config: None,
+        provider: Some("anth".into()),
+        model: Some("sonnet".into()),
+        provider_preferences: Some(vec![
+            recipe::model::ProviderPreference::Class {
+                class: "cheap".into(),
+            },
+            recipe::model::ProviderPreference::Provider {
+                provider: "local".into(),
+                model: None,
+            },
+        ]),
+        model_role: Some("coding".into()),
+        orchestrator_config: None,
+        timeout: std::time::Duration::from_secs(10),
+        metadata: recipe::runner::AgentMetadata {
+            recipe_name: "r".into(),
+            step_id: "s".into(),
+            step_index: 0,
+            parallel_group_id: None,
+        },
+    };
+    let wire = wire_request(json!({
+        "provider": "anth", "model": "sonnet", "model_role": "coding",
+        "provider_preferences": [
+            {"kind": "class", "class": "cheap"},
+            {"kind": "provider", "provider": "local"}
+        ]
+    }));
+    let selection = StepSelection::from_agent_request(&engine);
+    assert_eq!(StepSelection::from_model_request(&wire), selection);
     assert_eq!(
         selection,
         sel(
-            None,
-            None,
-            Some(vec![class("cheap"), pp("anth", Some("sonnet"))]),
-            None
+            Some("anth"),
+            Some("sonnet"),
+            Some(vec![class("cheap"), pp("local", None)]),
+            Some("coding")
         )
+    );
+}
+
+#[test]
+fn wire_agent_config_goes_through_the_allowlist() {
+    let request = wire_request(json!({
+        "agent_config": {"temperature": 0.7, "tools": [{"module": "tool-bash"}], "top_p": 0.5}
+    }));
+    let mut notes = Vec::new();
+    let input = ResolveInput::from_model_request(&request, &mut notes);
+    assert_eq!(notes, Vec::<String>::new());
+    let resolution = resolve(&config(), &profiles(), &input).unwrap();
+    let params = &resolution.request.parameters;
+    assert_eq!(
+        (params.temperature, params.max_tokens, params.top_p),
+        (Some(0.7), Some(1000), Some(0.5))
+    );
+    assert_eq!(
+        resolution.notes,
+        vec!["agent_config.tools ignored: only temperature, max_tokens, top_p can be overridden"]
+    );
+}
+
+#[test]
+fn wire_parameters_override_agent_config() {
+    let request = wire_request(json!({
+        "agent_config": {"temperature": 0.7, "max_tokens": 50, "top_p": 0.5, "stop": ["X"]},
+        "parameters": {"temperature": 0.1, "max_tokens": 20, "stop": ["END"]}
+    }));
+    let mut notes = Vec::new();
+    let input = ResolveInput::from_model_request(&request, &mut notes);
+    let resolution = resolve(&config(), &profiles(), &input).unwrap();
+    let params = &resolution.request.parameters;
+    assert_eq!(
+        (
+            params.temperature,
+            params.max_tokens,
+            params.top_p,
+            params.stop.clone()
+        ),
+        (Some(0.1), Some(20), Some(0.5), vec!["END".to_string()])
+    );
+    // `stop` is a wire parameter, never an agent_config key.
+    assert_eq!(
+        resolution.notes,
+        vec!["agent_config.stop ignored: only temperature, max_tokens, top_p can be overridden"]
+    );
+    // An out-of-range parameter is refused like an agent_config value, and
+    // the agent_config value it replaced is not used either: the profile's is.
+    let request = wire_request(json!({
+        "agent_config": {"temperature": 0.7},
+        "parameters": {"temperature": 3.0}
+    }));
+    let input = ResolveInput::from_model_request(&request, &mut notes);
+    let resolution = resolve(&config(), &profiles(), &input).unwrap();
+    assert_eq!(resolution.request.parameters.temperature, Some(0.2));
+    assert_eq!(
+        resolution.notes,
+        vec!["agent_config.temperature ignored: 3.0 is not a number within 0..=2"]
     );
 }
 
