@@ -4,7 +4,11 @@
 //! the order the agent sent them (batched: one store transaction per batch),
 //! THEN fans them out to live watchers through the [`Hub`], THEN lets the link
 //! acknowledge them to the agent. So an acknowledged event is always durable,
-//! and a watcher never sees an event the store does not have.
+//! and a watcher never sees an event the store does not have. The agent
+//! position being acknowledged is stored in the same transaction as the
+//! events ([`Relay::record_and_ack`]), so a crash cannot keep the events and
+//! lose the position (the agent would re-send them and they would be stored
+//! twice, under new seqs).
 //!
 //! The [`Hub`] is deliberately lossy for watchers: each execution has one
 //! bounded `broadcast` channel. A watcher that falls behind gets
@@ -159,6 +163,18 @@ impl Relay {
     /// Returns how many events were stored (output over the cap is dropped,
     /// replaced once by an `output_truncated` event).
     pub async fn record(&mut self, bodies: Vec<EventBody>) -> Result<usize, RelayError> {
+        self.record_and_ack(bodies, None).await
+    }
+
+    /// [`Relay::record`], and with `acked_seq: Some`, the agent position
+    /// acknowledged for these events in the SAME transaction (the position
+    /// only moves forward). The link may send the ack once this returns.
+    /// With no event to store, the position alone is recorded.
+    pub async fn record_and_ack(
+        &mut self,
+        bodies: Vec<EventBody>,
+        acked_seq: Option<u64>,
+    ) -> Result<usize, RelayError> {
         let at_ms = u64::try_from(crate::store::now_ms()).unwrap_or(0);
         let mut events = Vec::with_capacity(bodies.len());
         for body in bodies {
@@ -171,11 +187,11 @@ impl Relay {
                 body,
             });
         }
-        if events.is_empty() {
+        if events.is_empty() && acked_seq.is_none() {
             return Ok(0);
         }
         self.store
-            .append_events(&self.execution_id, &events)
+            .append_events(&self.execution_id, &events, acked_seq)
             .await
             .map_err(|source| RelayError::Persist {
                 execution_id: self.execution_id.clone(),

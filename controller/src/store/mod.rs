@@ -1,16 +1,19 @@
 //! Stage: intake → **store** → queue/launcher; relay → **store** → watchers.
 //!
 //! The durable state of Kiln: executions (which double as the queue), the
-//! append-only event log, artifacts, approval gates, API tokens and the audit
-//! log. Only this module contains SQL. Callers see plain Rust types; the
-//! backend is an enum ([`Store`] dispatches to [`sqlite::SqliteStore`]) so a
-//! Postgres backend can be added later without touching callers.
+//! append-only event log, artifacts, approval gates, model calls (usage),
+//! API tokens and the audit log. Only this module contains SQL. Callers see
+//! plain Rust types; the backend is an enum ([`Store`] dispatches to
+//! [`sqlite::SqliteStore`]) so a Postgres backend can be added later without
+//! touching callers.
 //!
 //! Invariants the store enforces, whatever the caller does:
 //! - a final status is never overwritten;
 //! - events are append-only: a re-sent `(execution, seq)` with identical
 //!   content is accepted as a no-op, a conflicting one is refused;
 //! - an approval decision is written once;
+//! - a model call ends once (its figures are never rewritten);
+//! - events and the agent position acknowledged for them are stored together;
 //! - a token's secret is never stored, only its SHA-256, compared in constant time;
 //! - an owner-scoped read of someone else's execution looks exactly like a missing one.
 
@@ -71,6 +74,12 @@ pub enum StoreError {
     InvalidCursor { cursor: String },
     #[error("approval gate {stage} of execution {execution_id} already exists")]
     ApprovalExists { execution_id: String, stage: String },
+    #[error("model call {id} not found")]
+    ModelCallNotFound { id: i64 },
+    #[error("model call {id} already ended as {status}")]
+    ModelCallAlreadyEnded { id: i64, status: ModelCallStatus },
+    #[error("model call {id} cannot end as running")]
+    ModelCallEndRunning { id: i64 },
 }
 
 /// Where an execution is in its life. The final ones mirror [`FinalStatus`].
@@ -352,6 +361,111 @@ pub struct PurgeReport {
     pub n_executions: u64,
 }
 
+/// Where a model call is. `running` until the gateway records its end;
+/// `interrupted` when the controller stopped while it ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelCallStatus {
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+    Interrupted,
+}
+
+impl ModelCallStatus {
+    pub const ALL: [ModelCallStatus; 5] = [
+        ModelCallStatus::Running,
+        ModelCallStatus::Completed,
+        ModelCallStatus::Failed,
+        ModelCallStatus::Cancelled,
+        ModelCallStatus::Interrupted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelCallStatus::Running => "running",
+            ModelCallStatus::Completed => "completed",
+            ModelCallStatus::Failed => "failed",
+            ModelCallStatus::Cancelled => "cancelled",
+            ModelCallStatus::Interrupted => "interrupted",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ModelCallStatus> {
+        ModelCallStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for ModelCallStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A model call the gateway admitted (it passed the budget check).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewModelCall {
+    pub execution_id: String,
+    pub request_id: u64,
+    pub step_id: String,
+    /// The execution owner's token id.
+    pub user_id: String,
+    pub provider: String,
+    pub model: String,
+    pub profile: String,
+    pub started_at_ms: i64,
+}
+
+/// How a model call ended. `status` is never [`ModelCallStatus::Running`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelCallEnd {
+    pub status: ModelCallStatus,
+    pub error_code: Option<String>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub finished_at_ms: i64,
+}
+
+/// One stored model call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelCallRow {
+    pub id: i64,
+    pub execution_id: String,
+    pub request_id: u64,
+    pub step_id: String,
+    pub user_id: String,
+    pub provider: String,
+    pub model: String,
+    pub profile: String,
+    pub status: ModelCallStatus,
+    pub error_code: Option<String>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub started_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+}
+
+/// Model usage of a scope (execution, step or user): `requests` counts every
+/// admitted call, whatever its status; tokens are the sums reported at the end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelUsage {
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+/// Model calls and tokens of one `(provider, model, status)`, for `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelCallTotals {
+    pub provider: String,
+    pub model: String,
+    pub status: ModelCallStatus,
+    pub usage: ModelUsage,
+}
+
 /// The store. Cheap to clone (a pool inside).
 #[derive(Debug, Clone)]
 pub enum Store {
@@ -486,14 +600,18 @@ impl Store {
         }
     }
 
-    /// Appends a batch of events in one transaction (all or nothing).
+    /// Appends a batch of events and, with `acked_seq: Some`, records the
+    /// agent position acknowledged for them (never decreasing), all in ONE
+    /// transaction: either both are stored or neither is, so a crash cannot
+    /// store a batch whose ack was lost (the agent would re-send it).
     pub async fn append_events(
         &self,
         execution_id: &str,
         events: &[ExecutionEvent],
+        acked_seq: Option<u64>,
     ) -> Result<AppendOutcome, StoreError> {
         match self {
-            Store::Sqlite(store) => store.append_events(execution_id, events).await,
+            Store::Sqlite(store) => store.append_events(execution_id, events, acked_seq).await,
         }
     }
 
@@ -639,6 +757,80 @@ impl Store {
     ) -> Result<Vec<ApprovalRecord>, StoreError> {
         match self {
             Store::Sqlite(store) => store.list_approvals(execution_id).await,
+        }
+    }
+
+    /// Records an admitted model call as `running`; returns its row id.
+    pub async fn begin_model_call(&self, call: &NewModelCall) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.begin_model_call(call).await,
+        }
+    }
+
+    /// Records how a running call ended. Ending it twice gives
+    /// [`StoreError::ModelCallAlreadyEnded`]; the first end stays.
+    pub async fn finish_model_call(&self, id: i64, end: &ModelCallEnd) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(store) => store.finish_model_call(id, end).await,
+        }
+    }
+
+    /// At startup: marks every call still `running` (left by a previous
+    /// process) `interrupted`. Returns how many there were.
+    pub async fn interrupt_running_model_calls(
+        &self,
+        finished_at_ms: i64,
+    ) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.interrupt_running_model_calls(finished_at_ms).await,
+        }
+    }
+
+    /// The model calls of an execution, in the order they started.
+    pub async fn model_calls(&self, execution_id: &str) -> Result<Vec<ModelCallRow>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.model_calls(execution_id).await,
+        }
+    }
+
+    /// An execution's model usage in total and per step (steps that made a call).
+    pub async fn model_usage_of_execution(
+        &self,
+        execution_id: &str,
+    ) -> Result<(ModelUsage, BTreeMap<String, ModelUsage>), StoreError> {
+        match self {
+            Store::Sqlite(store) => store.model_usage_of_execution(execution_id).await,
+        }
+    }
+
+    /// One user's model usage over every stored execution.
+    pub async fn model_usage_of_user(&self, user_id: &str) -> Result<ModelUsage, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.model_usage_of_user(user_id).await,
+        }
+    }
+
+    /// Model usage of every user that made a call, by user id (to seed the budget ledger).
+    pub async fn model_usage_by_user(&self) -> Result<Vec<(String, ModelUsage)>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.model_usage_by_user().await,
+        }
+    }
+
+    /// Calls and tokens by `(provider, model, status)`, sorted, for `/metrics`.
+    pub async fn model_call_totals(&self) -> Result<Vec<ModelCallTotals>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.model_call_totals().await,
+        }
+    }
+
+    /// The number of executions in each status, every status listed (in
+    /// [`ExecutionStatus::ALL`] order, zero included), for `/metrics`.
+    pub async fn count_executions_by_status(
+        &self,
+    ) -> Result<Vec<(ExecutionStatus, u64)>, StoreError> {
+        match self {
+            Store::Sqlite(store) => store.count_executions_by_status().await,
         }
     }
 

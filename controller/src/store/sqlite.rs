@@ -23,7 +23,8 @@ use subtle::ConstantTimeEq;
 use super::{
     AppendOutcome, ApprovalDecision, ApprovalRecord, ArtifactInfo, AuditEntry, AuditRecord,
     CreatedToken, Execution, ExecutionFilter, ExecutionStatus, LaunchRecord, MAX_PAGE_LIMIT,
-    NewApproval, NewExecution, Page, PurgeReport, StoreError, TokenInfo, check_artifact_name,
+    ModelCallEnd, ModelCallRow, ModelCallStatus, ModelCallTotals, ModelUsage, NewApproval,
+    NewExecution, NewModelCall, Page, PurgeReport, StoreError, TokenInfo, check_artifact_name,
     now_ms,
 };
 
@@ -318,29 +319,37 @@ impl SqliteStore {
     }
 
     pub async fn record_acked_seq(&self, execution_id: &str, seq: u64) -> Result<(), StoreError> {
-        let result = sqlx::query(
-            "UPDATE executions SET last_acked_seq = MAX(last_acked_seq, ?2) WHERE id = ?1",
-        )
-        .bind(execution_id)
-        .bind(to_i64(seq))
-        .execute(&self.pool)
-        .await?;
-        require_row(result.rows_affected(), execution_id)
+        self.append_events(execution_id, &[], Some(seq))
+            .await
+            .map(|_| ())
     }
 
     pub async fn append_events(
         &self,
         execution_id: &str,
         events: &[ExecutionEvent],
+        acked_seq: Option<u64>,
     ) -> Result<AppendOutcome, StoreError> {
         let mut outcome = AppendOutcome {
             n_inserted: 0,
             n_duplicates: 0,
         };
-        if events.is_empty() {
+        if events.is_empty() && acked_seq.is_none() {
             return Ok(outcome);
         }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if let Some(seq) = acked_seq {
+            // In the same transaction as the events: a failing insert below
+            // rolls the position back too, so both are stored or neither.
+            let result = sqlx::query(
+                "UPDATE executions SET last_acked_seq = MAX(last_acked_seq, ?2) WHERE id = ?1",
+            )
+            .bind(execution_id)
+            .bind(to_i64(seq))
+            .execute(&mut *tx)
+            .await?;
+            require_row(result.rows_affected(), execution_id)?;
+        }
         for event in events {
             let body_json = serde_json::to_string(&event.body)?;
             let inserted = sqlx::query(
@@ -692,6 +701,177 @@ impl SqliteStore {
         rows.iter().map(approval_from_row).collect()
     }
 
+    pub async fn begin_model_call(&self, call: &NewModelCall) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO model_calls (execution_id, request_id, step_id, user_id, provider, model, profile,
+                                      status, started_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'running', ?8) RETURNING id",
+        )
+        .bind(&call.execution_id)
+        .bind(to_i64(call.request_id))
+        .bind(&call.step_id)
+        .bind(&call.user_id)
+        .bind(&call.provider)
+        .bind(&call.model)
+        .bind(&call.profile)
+        .bind(call.started_at_ms)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|err| foreign_key_to_not_found(err, &call.execution_id))?;
+        Ok(row.try_get("id")?)
+    }
+
+    pub async fn finish_model_call(&self, id: i64, end: &ModelCallEnd) -> Result<(), StoreError> {
+        if end.status == ModelCallStatus::Running {
+            return Err(StoreError::ModelCallEndRunning { id });
+        }
+        let result = sqlx::query(
+            "UPDATE model_calls
+             SET status = ?2, error_code = ?3, input_tokens = ?4, output_tokens = ?5, finished_at_ms = ?6
+             WHERE id = ?1 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(end.status.as_str())
+        .bind(&end.error_code)
+        .bind(to_i64(end.input_tokens))
+        .bind(to_i64(end.output_tokens))
+        .bind(end.finished_at_ms)
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() == 1 {
+            return Ok(());
+        }
+        let row = sqlx::query("SELECT status FROM model_calls WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => Err(StoreError::ModelCallAlreadyEnded {
+                id,
+                status: model_call_status(row.try_get("status")?)?,
+            }),
+            None => Err(StoreError::ModelCallNotFound { id }),
+        }
+    }
+
+    pub async fn interrupt_running_model_calls(
+        &self,
+        finished_at_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let result = sqlx::query(
+            "UPDATE model_calls SET status = 'interrupted', finished_at_ms = ?1 WHERE status = 'running'",
+        )
+        .bind(finished_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
+    pub async fn model_calls(&self, execution_id: &str) -> Result<Vec<ModelCallRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, execution_id, request_id, step_id, user_id, provider, model, profile, status, error_code,
+                    input_tokens, output_tokens, started_at_ms, finished_at_ms
+             FROM model_calls WHERE execution_id = ?1 ORDER BY id",
+        )
+        .bind(execution_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(model_call_from_row).collect()
+    }
+
+    pub async fn model_usage_of_execution(
+        &self,
+        execution_id: &str,
+    ) -> Result<(ModelUsage, BTreeMap<String, ModelUsage>), StoreError> {
+        let rows = sqlx::query(
+            "SELECT step_id, COUNT(*) AS requests, COALESCE(SUM(input_tokens), 0) AS input_tokens,
+                    COALESCE(SUM(output_tokens), 0) AS output_tokens
+             FROM model_calls WHERE execution_id = ?1 GROUP BY step_id",
+        )
+        .bind(execution_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut total = ModelUsage::default();
+        let mut steps = BTreeMap::new();
+        for row in &rows {
+            let usage = usage_from_row(row)?;
+            total.requests = total.requests.saturating_add(usage.requests);
+            total.input_tokens = total.input_tokens.saturating_add(usage.input_tokens);
+            total.output_tokens = total.output_tokens.saturating_add(usage.output_tokens);
+            steps.insert(row.try_get("step_id")?, usage);
+        }
+        Ok((total, steps))
+    }
+
+    pub async fn model_usage_of_user(&self, user_id: &str) -> Result<ModelUsage, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS requests, COALESCE(SUM(input_tokens), 0) AS input_tokens,
+                    COALESCE(SUM(output_tokens), 0) AS output_tokens
+             FROM model_calls WHERE user_id = ?1",
+        )
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await?;
+        usage_from_row(&row)
+    }
+
+    pub async fn model_usage_by_user(&self) -> Result<Vec<(String, ModelUsage)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT user_id, COUNT(*) AS requests, COALESCE(SUM(input_tokens), 0) AS input_tokens,
+                    COALESCE(SUM(output_tokens), 0) AS output_tokens
+             FROM model_calls GROUP BY user_id ORDER BY user_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("user_id")?, usage_from_row(row)?)))
+            .collect()
+    }
+
+    pub async fn model_call_totals(&self) -> Result<Vec<ModelCallTotals>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT provider, model, status, COUNT(*) AS requests, COALESCE(SUM(input_tokens), 0) AS input_tokens,
+                    COALESCE(SUM(output_tokens), 0) AS output_tokens
+             FROM model_calls GROUP BY provider, model, status ORDER BY provider, model, status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ModelCallTotals {
+                    provider: row.try_get("provider")?,
+                    model: row.try_get("model")?,
+                    status: model_call_status(row.try_get("status")?)?,
+                    usage: usage_from_row(row)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn count_executions_by_status(
+        &self,
+    ) -> Result<Vec<(ExecutionStatus, u64)>, StoreError> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM executions GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut counts: Vec<(ExecutionStatus, u64)> = ExecutionStatus::ALL
+            .into_iter()
+            .map(|status| (status, 0))
+            .collect();
+        for row in &rows {
+            let text: String = row.try_get("status")?;
+            let status = ExecutionStatus::parse(&text).ok_or(StoreError::CorruptValue {
+                column: "executions.status",
+                value: text,
+            })?;
+            let n = to_u64(row.try_get("n")?, "count(executions)")?;
+            if let Some(slot) = counts.iter_mut().find(|(each, _)| *each == status) {
+                slot.1 = n;
+            }
+        }
+        Ok(counts)
+    }
+
     pub async fn purge(
         &self,
         finished_before_ms: i64,
@@ -825,6 +1005,47 @@ fn execution_from_row(row: &SqliteRow) -> Result<Execution, StoreError> {
         step_uid,
         agent_session_sha256: row.try_get("agent_session_sha256")?,
         last_acked_seq: to_u64(row.try_get("last_acked_seq")?, "executions.last_acked_seq")?,
+    })
+}
+
+fn model_call_status(text: String) -> Result<ModelCallStatus, StoreError> {
+    ModelCallStatus::parse(&text).ok_or(StoreError::CorruptValue {
+        column: "model_calls.status",
+        value: text,
+    })
+}
+
+/// A `requests`, `input_tokens`, `output_tokens` aggregate.
+fn usage_from_row(row: &SqliteRow) -> Result<ModelUsage, StoreError> {
+    Ok(ModelUsage {
+        requests: to_u64(row.try_get("requests")?, "count(model_calls)")?,
+        input_tokens: to_u64(
+            row.try_get("input_tokens")?,
+            "sum(model_calls.input_tokens)",
+        )?,
+        output_tokens: to_u64(
+            row.try_get("output_tokens")?,
+            "sum(model_calls.output_tokens)",
+        )?,
+    })
+}
+
+fn model_call_from_row(row: &SqliteRow) -> Result<ModelCallRow, StoreError> {
+    Ok(ModelCallRow {
+        id: row.try_get("id")?,
+        execution_id: row.try_get("execution_id")?,
+        request_id: to_u64(row.try_get("request_id")?, "model_calls.request_id")?,
+        step_id: row.try_get("step_id")?,
+        user_id: row.try_get("user_id")?,
+        provider: row.try_get("provider")?,
+        model: row.try_get("model")?,
+        profile: row.try_get("profile")?,
+        status: model_call_status(row.try_get("status")?)?,
+        error_code: row.try_get("error_code")?,
+        input_tokens: to_u64(row.try_get("input_tokens")?, "model_calls.input_tokens")?,
+        output_tokens: to_u64(row.try_get("output_tokens")?, "model_calls.output_tokens")?,
+        started_at_ms: row.try_get("started_at_ms")?,
+        finished_at_ms: row.try_get("finished_at_ms")?,
     })
 }
 

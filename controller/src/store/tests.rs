@@ -120,7 +120,7 @@ async fn events_are_ordered_and_paged() {
     let batch: Vec<_> = (1..=5)
         .map(|seq| event(seq, ControllerEvent::AgentConnected {}))
         .collect();
-    let outcome = t.store.append_events(&ex.id, &batch).await.unwrap();
+    let outcome = t.store.append_events(&ex.id, &batch, None).await.unwrap();
     assert_eq!(
         outcome,
         AppendOutcome {
@@ -162,6 +162,7 @@ async fn identical_duplicates_are_ignored_and_conflicts_rejected_whole() {
                 event(1, ControllerEvent::Queued {}),
                 event(2, ControllerEvent::AgentConnected {}),
             ],
+            None,
         )
         .await
         .unwrap();
@@ -173,6 +174,7 @@ async fn identical_duplicates_are_ignored_and_conflicts_rejected_whole() {
                 event(2, ControllerEvent::AgentConnected {}),
                 event(3, ControllerEvent::Queued {}),
             ],
+            None,
         )
         .await
         .unwrap();
@@ -191,6 +193,7 @@ async fn identical_duplicates_are_ignored_and_conflicts_rejected_whole() {
                 event(4, ControllerEvent::Queued {}),
                 event(3, ControllerEvent::AgentConnected {}),
             ],
+            None,
         )
         .await;
     assert!(
@@ -207,7 +210,7 @@ async fn identical_duplicates_are_ignored_and_conflicts_rejected_whole() {
     );
     let unknown = t
         .store
-        .append_events("ex_nope", &[event(1, ControllerEvent::Queued {})])
+        .append_events("ex_nope", &[event(1, ControllerEvent::Queued {})], None)
         .await;
     assert!(
         matches!(unknown, Err(StoreError::ExecutionNotFound { .. })),
@@ -622,6 +625,7 @@ async fn purge_removes_only_old_or_excess_finished_executions() {
                     reason: None,
                 },
             )],
+            None,
         )
         .await
         .unwrap();
@@ -678,4 +682,502 @@ fn statuses_round_trip_and_match_protocol_names() {
             assert_eq!(ExecutionStatus::from(final_status), status);
         }
     }
+}
+
+// ---------------------------------------------------------------- model calls
+
+fn model_call(
+    execution_id: &str,
+    request_id: u64,
+    step_id: &str,
+    user_id: &str,
+    provider: &str,
+    model: &str,
+) -> NewModelCall {
+    NewModelCall {
+        execution_id: execution_id.to_string(),
+        request_id,
+        step_id: step_id.to_string(),
+        user_id: user_id.to_string(),
+        provider: provider.to_string(),
+        model: model.to_string(),
+        profile: "foundation:explorer".to_string(),
+        started_at_ms: 1_000 + i64::try_from(request_id).unwrap(),
+    }
+}
+
+fn call_end(
+    status: ModelCallStatus,
+    error_code: Option<&str>,
+    input_tokens: u64,
+    output_tokens: u64,
+) -> ModelCallEnd {
+    ModelCallEnd {
+        status,
+        error_code: error_code.map(str::to_string),
+        input_tokens,
+        output_tokens,
+        finished_at_ms: 2_000,
+    }
+}
+
+fn usage(requests: u64, input_tokens: u64, output_tokens: u64) -> ModelUsage {
+    ModelUsage {
+        requests,
+        input_tokens,
+        output_tokens,
+    }
+}
+
+/// Begins a call and, unless `end` is None, finishes it. Returns the row id.
+async fn record_call(store: &Store, call: NewModelCall, end: Option<ModelCallEnd>) -> i64 {
+    let id = store.begin_model_call(&call).await.unwrap();
+    if let Some(end) = end {
+        store.finish_model_call(id, &end).await.unwrap();
+    }
+    id
+}
+
+#[tokio::test]
+async fn model_usage_is_exact_per_execution_step_and_user() {
+    let t = fresh().await;
+    let first = t
+        .store
+        .create_execution(new_execution("alice"))
+        .await
+        .unwrap();
+    let second = t
+        .store
+        .create_execution(new_execution("alice"))
+        .await
+        .unwrap();
+    let bobs = t
+        .store
+        .create_execution(new_execution("bob"))
+        .await
+        .unwrap();
+    use ModelCallStatus::{Cancelled, Completed, Failed};
+    let ask_ok = record_call(
+        &t.store,
+        model_call(&first.id, 1, "ask", "alice", "openai", "gpt-x"),
+        Some(call_end(Completed, None, 10, 3)),
+    )
+    .await;
+    let ask_failed = record_call(
+        &t.store,
+        model_call(&first.id, 2, "ask", "alice", "openai", "gpt-x"),
+        Some(call_end(Failed, Some("provider_unavailable"), 0, 0)),
+    )
+    .await;
+    let summarise = record_call(
+        &t.store,
+        model_call(&first.id, 3, "summarise", "alice", "anthropic", "claude-y"),
+        Some(call_end(Completed, None, 7, 2)),
+    )
+    .await;
+    // Still running: counted as a request, with no tokens yet.
+    let ask_running = record_call(
+        &t.store,
+        model_call(&first.id, 4, "ask", "alice", "openai", "gpt-x"),
+        None,
+    )
+    .await;
+    record_call(
+        &t.store,
+        model_call(&second.id, 1, "ask", "alice", "openai", "gpt-x"),
+        Some(call_end(Cancelled, Some("cancelled"), 100, 50)),
+    )
+    .await;
+    record_call(
+        &t.store,
+        model_call(&bobs.id, 1, "ask", "bob", "openai", "gpt-x"),
+        Some(call_end(Completed, None, 1, 1)),
+    )
+    .await;
+
+    let rows = t.store.model_calls(&first.id).await.unwrap();
+    let row =
+        |id, request_id, step: &str, provider: &str, model: &str, end: Option<ModelCallEnd>| {
+            ModelCallRow {
+                id,
+                execution_id: first.id.clone(),
+                request_id,
+                step_id: step.to_string(),
+                user_id: "alice".to_string(),
+                provider: provider.to_string(),
+                model: model.to_string(),
+                profile: "foundation:explorer".to_string(),
+                status: end
+                    .as_ref()
+                    .map_or(ModelCallStatus::Running, |end| end.status),
+                error_code: end.as_ref().and_then(|end| end.error_code.clone()),
+                input_tokens: end.as_ref().map_or(0, |end| end.input_tokens),
+                output_tokens: end.as_ref().map_or(0, |end| end.output_tokens),
+                started_at_ms: 1_000 + i64::try_from(request_id).unwrap(),
+                finished_at_ms: end.as_ref().map(|end| end.finished_at_ms),
+            }
+        };
+    assert_eq!(
+        rows,
+        vec![
+            row(
+                ask_ok,
+                1,
+                "ask",
+                "openai",
+                "gpt-x",
+                Some(call_end(Completed, None, 10, 3))
+            ),
+            row(
+                ask_failed,
+                2,
+                "ask",
+                "openai",
+                "gpt-x",
+                Some(call_end(Failed, Some("provider_unavailable"), 0, 0))
+            ),
+            row(
+                summarise,
+                3,
+                "summarise",
+                "anthropic",
+                "claude-y",
+                Some(call_end(Completed, None, 7, 2))
+            ),
+            row(ask_running, 4, "ask", "openai", "gpt-x", None),
+        ]
+    );
+
+    assert_eq!(
+        t.store.model_usage_of_execution(&first.id).await.unwrap(),
+        (
+            usage(4, 17, 5),
+            BTreeMap::from([
+                ("ask".to_string(), usage(3, 10, 3)),
+                ("summarise".to_string(), usage(1, 7, 2)),
+            ])
+        )
+    );
+    assert_eq!(
+        t.store.model_usage_of_execution(&second.id).await.unwrap(),
+        (
+            usage(1, 100, 50),
+            BTreeMap::from([("ask".to_string(), usage(1, 100, 50))])
+        )
+    );
+    assert_eq!(
+        t.store.model_usage_of_execution("ex_none").await.unwrap(),
+        (usage(0, 0, 0), BTreeMap::new())
+    );
+    assert_eq!(
+        t.store.model_usage_of_user("alice").await.unwrap(),
+        usage(5, 117, 55)
+    );
+    assert_eq!(
+        t.store.model_usage_of_user("carol").await.unwrap(),
+        usage(0, 0, 0)
+    );
+    assert_eq!(
+        t.store.model_usage_by_user().await.unwrap(),
+        vec![
+            ("alice".to_string(), usage(5, 117, 55)),
+            ("bob".to_string(), usage(1, 1, 1)),
+        ]
+    );
+    let totals = |provider: &str, model: &str, status, usage| ModelCallTotals {
+        provider: provider.to_string(),
+        model: model.to_string(),
+        status,
+        usage,
+    };
+    assert_eq!(
+        t.store.model_call_totals().await.unwrap(),
+        vec![
+            totals("anthropic", "claude-y", Completed, usage(1, 7, 2)),
+            totals("openai", "gpt-x", Cancelled, usage(1, 100, 50)),
+            totals("openai", "gpt-x", Completed, usage(2, 11, 4)),
+            totals("openai", "gpt-x", Failed, usage(1, 0, 0)),
+            totals("openai", "gpt-x", ModelCallStatus::Running, usage(1, 0, 0)),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_model_call_ends_once_and_only_with_a_final_status() {
+    let t = fresh().await;
+    let ex = t
+        .store
+        .create_execution(new_execution("alice"))
+        .await
+        .unwrap();
+    let id = record_call(
+        &t.store,
+        model_call(&ex.id, 1, "ask", "alice", "openai", "gpt-x"),
+        None,
+    )
+    .await;
+    let running = call_end(ModelCallStatus::Running, None, 1, 1);
+    assert!(matches!(
+        t.store.finish_model_call(id, &running).await,
+        Err(StoreError::ModelCallEndRunning { id: got }) if got == id
+    ));
+    let completed = call_end(ModelCallStatus::Completed, None, 4, 2);
+    t.store.finish_model_call(id, &completed).await.unwrap();
+    let again = call_end(ModelCallStatus::Failed, Some("timeout"), 9, 9);
+    let refused = t.store.finish_model_call(id, &again).await;
+    assert!(
+        matches!(
+            refused,
+            Err(StoreError::ModelCallAlreadyEnded { id: got, status: ModelCallStatus::Completed }) if got == id
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        t.store.model_usage_of_execution(&ex.id).await.unwrap().0,
+        usage(1, 4, 2),
+        "the first end stays"
+    );
+    assert!(matches!(
+        t.store.finish_model_call(id + 100, &completed).await,
+        Err(StoreError::ModelCallNotFound { id: got }) if got == id + 100
+    ));
+    let orphan = t
+        .store
+        .begin_model_call(&model_call("ex_nope", 1, "ask", "alice", "openai", "gpt-x"))
+        .await;
+    assert!(
+        matches!(orphan, Err(StoreError::ExecutionNotFound { ref execution_id }) if execution_id == "ex_nope"),
+        "{orphan:?}"
+    );
+}
+
+#[tokio::test]
+async fn interrupting_marks_only_the_running_calls() {
+    let t = fresh().await;
+    let ex = t
+        .store
+        .create_execution(new_execution("alice"))
+        .await
+        .unwrap();
+    let done = record_call(
+        &t.store,
+        model_call(&ex.id, 1, "ask", "alice", "openai", "gpt-x"),
+        Some(call_end(ModelCallStatus::Completed, None, 3, 4)),
+    )
+    .await;
+    for request_id in 2..=3 {
+        record_call(
+            &t.store,
+            model_call(&ex.id, request_id, "ask", "alice", "openai", "gpt-x"),
+            None,
+        )
+        .await;
+    }
+    assert_eq!(
+        t.store.interrupt_running_model_calls(9_999).await.unwrap(),
+        2
+    );
+    let rows = t.store.model_calls(&ex.id).await.unwrap();
+    let summary: Vec<_> = rows
+        .iter()
+        .map(|row| {
+            (
+                row.request_id,
+                row.status,
+                row.finished_at_ms,
+                row.input_tokens,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (1, ModelCallStatus::Completed, Some(2_000), 3),
+            (2, ModelCallStatus::Interrupted, Some(9_999), 0),
+            (3, ModelCallStatus::Interrupted, Some(9_999), 0),
+        ]
+    );
+    assert_eq!(rows[0].id, done);
+    assert_eq!(
+        t.store.interrupt_running_model_calls(10_000).await.unwrap(),
+        0
+    );
+    // Interrupted calls still count as requests.
+    assert_eq!(
+        t.store.model_usage_of_user("alice").await.unwrap(),
+        usage(3, 3, 4)
+    );
+}
+
+#[tokio::test]
+async fn purging_an_execution_removes_its_model_calls() {
+    let t = fresh().await;
+    let old = t
+        .store
+        .create_execution(new_execution("alice"))
+        .await
+        .unwrap();
+    let live = t
+        .store
+        .create_execution(new_execution("alice"))
+        .await
+        .unwrap();
+    for ex in [&old, &live] {
+        record_call(
+            &t.store,
+            model_call(&ex.id, 1, "ask", "alice", "openai", "gpt-x"),
+            Some(call_end(ModelCallStatus::Completed, None, 5, 6)),
+        )
+        .await;
+    }
+    t.store
+        .set_status(&old.id, ExecutionStatus::Succeeded, None)
+        .await
+        .unwrap();
+    assert_eq!(t.store.purge(i64::MAX, 100).await.unwrap().n_executions, 1);
+    assert_eq!(t.store.model_calls(&old.id).await.unwrap(), vec![]);
+    assert_eq!(t.store.model_calls(&live.id).await.unwrap().len(), 1);
+    assert_eq!(
+        t.store.model_usage_by_user().await.unwrap(),
+        vec![("alice".to_string(), usage(1, 5, 6))]
+    );
+}
+
+#[tokio::test]
+async fn executions_are_counted_by_status_with_zeros() {
+    let t = fresh().await;
+    for _ in 0..3 {
+        t.store
+            .create_execution(new_execution("alice"))
+            .await
+            .unwrap();
+    }
+    let claimed = t.store.claim_next_queued().await.unwrap().unwrap();
+    t.store
+        .set_status(&claimed.id, ExecutionStatus::Failed, None)
+        .await
+        .unwrap();
+    t.store.claim_next_queued().await.unwrap().unwrap();
+    let counts = t.store.count_executions_by_status().await.unwrap();
+    let expected: Vec<_> = ExecutionStatus::ALL
+        .into_iter()
+        .map(|status| {
+            let n = match status {
+                ExecutionStatus::Queued | ExecutionStatus::Running | ExecutionStatus::Failed => 1,
+                _ => 0,
+            };
+            (status, n)
+        })
+        .collect();
+    assert_eq!(counts, expected);
+}
+
+#[test]
+fn model_call_statuses_round_trip() {
+    let names: Vec<_> = ModelCallStatus::ALL
+        .iter()
+        .map(|status| status.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["running", "completed", "failed", "cancelled", "interrupted"]
+    );
+    for status in ModelCallStatus::ALL {
+        assert_eq!(ModelCallStatus::parse(status.as_str()), Some(status));
+        assert_eq!(
+            serde_json::to_value(status).unwrap(),
+            serde_json::json!(status.as_str())
+        );
+    }
+    assert_eq!(ModelCallStatus::parse("Running"), None);
+}
+
+// ---------------------------------------------------------------- events + ack
+
+#[tokio::test]
+async fn events_and_the_acked_position_are_stored_together() {
+    let t = fresh().await;
+    let ex = t
+        .store
+        .create_execution(new_execution("alice"))
+        .await
+        .unwrap();
+    let acked = |store: Store, id: String| async move {
+        store
+            .get_execution(&id, None)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_acked_seq
+    };
+    let outcome = t
+        .store
+        .append_events(
+            &ex.id,
+            &[
+                event(1, ControllerEvent::Queued {}),
+                event(2, ControllerEvent::AgentConnected {}),
+            ],
+            Some(7),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        AppendOutcome {
+            n_inserted: 2,
+            n_duplicates: 0
+        }
+    );
+    assert_eq!(acked(t.store.clone(), ex.id.clone()).await, 7);
+
+    // The position only moves forward.
+    t.store
+        .append_events(&ex.id, &[event(3, ControllerEvent::Queued {})], Some(5))
+        .await
+        .unwrap();
+    assert_eq!(acked(t.store.clone(), ex.id.clone()).await, 7);
+
+    // A failing insert rolls back the ack of its batch: neither is stored.
+    let conflicting = t
+        .store
+        .append_events(
+            &ex.id,
+            &[
+                event(4, ControllerEvent::Queued {}),
+                event(2, ControllerEvent::Queued {}),
+            ],
+            Some(20),
+        )
+        .await;
+    assert!(
+        matches!(
+            conflicting,
+            Err(StoreError::ConflictingEvent { seq: 2, .. })
+        ),
+        "{conflicting:?}"
+    );
+    assert_eq!(acked(t.store.clone(), ex.id.clone()).await, 7);
+    assert_eq!(
+        seqs(&t.store.events_after(&ex.id, 0, 100).await.unwrap()),
+        vec![1, 2, 3]
+    );
+
+    // A position with no event to store is recorded alone.
+    let outcome = t.store.append_events(&ex.id, &[], Some(9)).await.unwrap();
+    assert_eq!(
+        outcome,
+        AppendOutcome {
+            n_inserted: 0,
+            n_duplicates: 0
+        }
+    );
+    assert_eq!(acked(t.store.clone(), ex.id.clone()).await, 9);
+
+    // An unknown execution stores neither.
+    let unknown = t.store.append_events("ex_nope", &[], Some(1)).await;
+    assert!(
+        matches!(unknown, Err(StoreError::ExecutionNotFound { .. })),
+        "{unknown:?}"
+    );
 }
