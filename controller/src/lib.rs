@@ -15,6 +15,7 @@ pub mod config;
 pub mod gateway;
 pub mod intake;
 pub mod launcher;
+pub mod metrics;
 pub mod queue;
 pub mod reconcile;
 pub mod relay;
