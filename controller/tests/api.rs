@@ -14,7 +14,10 @@ use controller::api::{AppState, ReadinessCheck, StreamMessage, app};
 use controller::config::Config;
 use controller::launcher::{Command, Control};
 use controller::relay::Hub;
-use controller::store::{ApprovalDecision, ExecutionStatus, NewApproval, Store};
+use controller::store::{
+    ApprovalDecision, ExecutionStatus, ModelCallEnd, ModelCallStatus, NewApproval, NewModelCall,
+    Store,
+};
 use futures::StreamExt;
 use protocol::{ControllerEvent, EventBody, ExecutionEvent};
 use serde_json::{Value, json};
@@ -201,7 +204,7 @@ impl Harness {
     ) -> Vec<ExecutionEvent> {
         let events: Vec<_> = seqs.map(test_event).collect();
         self.store
-            .append_events(execution_id, &events)
+            .append_events(execution_id, &events, None)
             .await
             .unwrap();
         for event in &events {
@@ -276,7 +279,10 @@ async fn every_api_route_needs_a_valid_bearer_token() {
         ("POST", "/api/v1/executions/ex_x/approvals/deploy"),
         ("GET", "/api/v1/executions/ex_x/artifacts"),
         ("GET", "/api/v1/executions/ex_x/artifacts/out/a.txt"),
+        ("GET", "/api/v1/executions/ex_x/model-calls"),
+        ("GET", "/api/v1/usage"),
         ("POST", "/api/v1/validate"),
+        ("GET", "/metrics"),
     ];
     let last = if h.alice.ends_with('0') { "1" } else { "0" };
     let tampered = format!("{}{last}", &h.alice[..h.alice.len() - 1]);
@@ -1247,7 +1253,7 @@ async fn lagging_watcher_is_closed_with_a_reason_and_resumes_without_gap() {
     // Persist 49 events, then publish them in one burst into a 4-slot channel:
     // the watcher's receiver overflows whatever it was doing.
     let burst: Vec<_> = (2..=50).map(test_event).collect();
-    h.store.append_events(&id, &burst).await.unwrap();
+    h.store.append_events(&id, &burst, None).await.unwrap();
     for event in &burst {
         h.hub.publish(&id, event.clone());
     }
@@ -1399,4 +1405,297 @@ async fn server_shutdown_closes_live_watchers_with_a_resume_point() {
         seen.close,
         Some((1012, "server stopping; resume with after=3".to_string()))
     );
+}
+
+// ---------------------------------------------------------------- model usage
+
+impl Harness {
+    /// Records one model call as the gateway does; `end: None` leaves it running.
+    async fn model_call(
+        &self,
+        execution_id: &str,
+        user_id: &str,
+        request_id: u64,
+        step_id: &str,
+        provider_model: (&str, &str),
+        end: Option<(ModelCallStatus, Option<&str>, u64, u64)>,
+    ) -> i64 {
+        let call = NewModelCall {
+            execution_id: execution_id.to_string(),
+            request_id,
+            step_id: step_id.to_string(),
+            user_id: user_id.to_string(),
+            provider: provider_model.0.to_string(),
+            model: provider_model.1.to_string(),
+            profile: "self".to_string(),
+            started_at_ms: 1_700_000_000_000 + i64::try_from(request_id).unwrap(),
+        };
+        let id = self.store.begin_model_call(&call).await.unwrap();
+        if let Some((status, error_code, input_tokens, output_tokens)) = end {
+            let end = ModelCallEnd {
+                status,
+                error_code: error_code.map(str::to_string),
+                input_tokens,
+                output_tokens,
+                finished_at_ms: 1_700_000_001_000 + i64::try_from(request_id).unwrap(),
+            };
+            self.store.finish_model_call(id, &end).await.unwrap();
+        }
+        id
+    }
+}
+
+const LOCAL: (&str, &str) = ("local", "qwen");
+
+#[tokio::test]
+async fn model_usage_and_model_calls_of_an_execution_come_from_the_store() {
+    let h = harness().await;
+    let id = h.submit_good().await;
+    let view = h.get(&format!("/api/v1/executions/{id}"), &h.alice).await;
+    assert_eq!(view.status, StatusCode::OK);
+    assert_eq!(
+        view.json()["model_usage"],
+        json!({ "requests": 0, "input_tokens": 0, "output_tokens": 0, "steps": {} })
+    );
+    let reply = h
+        .get(&format!("/api/v1/executions/{id}/model-calls"), &h.alice)
+        .await;
+    assert_eq!(
+        (reply.status, reply.json()),
+        (StatusCode::OK, json!({ "model_calls": [] }))
+    );
+
+    let first = h
+        .model_call(
+            &id,
+            &h.alice_id,
+            1,
+            "ask",
+            LOCAL,
+            Some((ModelCallStatus::Completed, None, 12, 5)),
+        )
+        .await;
+    let second = h
+        .model_call(
+            &id,
+            &h.alice_id,
+            2,
+            "ask",
+            ("anthropic", "claude-\"x\""),
+            Some((ModelCallStatus::Failed, Some("provider_unavailable"), 0, 0)),
+        )
+        .await;
+    let third = h
+        .model_call(&id, &h.alice_id, 3, "review", LOCAL, None)
+        .await;
+
+    let view = h
+        .get(&format!("/api/v1/executions/{id}"), &h.alice)
+        .await
+        .json();
+    assert_eq!(
+        view["model_usage"],
+        json!({
+            "requests": 3, "input_tokens": 12, "output_tokens": 5,
+            "steps": {
+                "ask": { "requests": 2, "input_tokens": 12, "output_tokens": 5 },
+                "review": { "requests": 1, "input_tokens": 0, "output_tokens": 0 },
+            },
+        })
+    );
+    let expected = json!({ "model_calls": [
+        {
+            "id": first, "request_id": 1, "step_id": "ask", "provider": "local", "model": "qwen",
+            "profile": "self", "status": "completed", "error_code": null,
+            "input_tokens": 12, "output_tokens": 5,
+            "started_at_ms": 1_700_000_000_001_i64, "finished_at_ms": 1_700_000_001_001_i64,
+        },
+        {
+            "id": second, "request_id": 2, "step_id": "ask", "provider": "anthropic",
+            "model": "claude-\"x\"", "profile": "self", "status": "failed",
+            "error_code": "provider_unavailable", "input_tokens": 0, "output_tokens": 0,
+            "started_at_ms": 1_700_000_000_002_i64, "finished_at_ms": 1_700_000_001_002_i64,
+        },
+        {
+            "id": third, "request_id": 3, "step_id": "review", "provider": "local", "model": "qwen",
+            "profile": "self", "status": "running", "error_code": null,
+            "input_tokens": 0, "output_tokens": 0,
+            "started_at_ms": 1_700_000_000_003_i64, "finished_at_ms": null,
+        },
+    ]});
+    let uri = format!("/api/v1/executions/{id}/model-calls");
+    let reply = h.get(&uri, &h.alice).await;
+    assert_eq!(
+        (reply.status, reply.json()),
+        (StatusCode::OK, expected.clone())
+    );
+    // Admins see every execution's calls; another user gets the same 404 as a missing execution.
+    let reply = h.get(&uri, &h.admin).await;
+    assert_eq!((reply.status, reply.json()), (StatusCode::OK, expected));
+    h.get(&uri, &h.bob)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    h.get("/api/v1/executions/ex_missing/model-calls", &h.alice)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test]
+async fn usage_shows_the_callers_own_totals_limits_and_what_remains() {
+    let h = harness_configured(1024, docker_ok(), |config| {
+        config.gateway.budgets.per_user = controller::gateway::Budget {
+            max_requests: Some(3),
+            max_input_tokens: Some(100),
+            max_output_tokens: None,
+        };
+    })
+    .await;
+    let first = h.submit_good().await;
+    let second = h.submit_good().await;
+    let bobs = h.submit_as(&h.bob, json!({ "recipe": GOOD })).await;
+    let bob_id = h
+        .store
+        .get_execution(&bobs, None)
+        .await
+        .unwrap()
+        .unwrap()
+        .owner_token_id;
+    let done = Some((ModelCallStatus::Completed, None, 70, 9));
+    h.model_call(&first, &h.alice_id, 1, "ask", LOCAL, done)
+        .await;
+    h.model_call(&second, &h.alice_id, 1, "ask", LOCAL, done)
+        .await;
+    h.model_call(
+        &bobs,
+        &bob_id,
+        1,
+        "ask",
+        LOCAL,
+        Some((ModelCallStatus::Cancelled, None, 4, 1)),
+    )
+    .await;
+
+    // Input tokens went over the limit (the call that crossed it was admitted): 0 remain.
+    let reply = h.get("/api/v1/usage", &h.alice).await;
+    assert_eq!(
+        (reply.status, reply.json()),
+        (
+            StatusCode::OK,
+            json!({
+                "user_id": h.alice_id,
+                "usage": { "requests": 2, "input_tokens": 140, "output_tokens": 18 },
+                "limits": { "requests": 3, "input_tokens": 100, "output_tokens": null },
+                "remaining": { "requests": 1, "input_tokens": 0, "output_tokens": null },
+            })
+        )
+    );
+    let reply = h.get("/api/v1/usage", &h.bob).await;
+    assert_eq!(
+        reply.json(),
+        json!({
+            "user_id": bob_id,
+            "usage": { "requests": 1, "input_tokens": 4, "output_tokens": 1 },
+            "limits": { "requests": 3, "input_tokens": 100, "output_tokens": null },
+            "remaining": { "requests": 2, "input_tokens": 96, "output_tokens": null },
+        })
+    );
+
+    // Without configured budgets every limit is null (unlimited).
+    let h = harness().await;
+    let reply = h.get("/api/v1/usage", &h.alice).await;
+    assert_eq!(
+        reply.json(),
+        json!({
+            "user_id": h.alice_id,
+            "usage": { "requests": 0, "input_tokens": 0, "output_tokens": 0 },
+            "limits": { "requests": null, "input_tokens": null, "output_tokens": null },
+            "remaining": { "requests": null, "input_tokens": null, "output_tokens": null },
+        })
+    );
+}
+
+#[tokio::test]
+async fn metrics_need_an_admin_token_and_are_computed_from_the_store() {
+    let h = harness().await;
+    let reply = h.send("GET", "/metrics", None, None).await;
+    reply.assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    let reply = h.send("GET", "/metrics", Some("kiln_nope"), None).await;
+    reply.assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    let reply = h.get("/metrics", &h.alice).await;
+    reply.assert_error(StatusCode::FORBIDDEN, "forbidden");
+    assert!(!String::from_utf8_lossy(&reply.bytes).contains("kiln_executions"));
+
+    let queued = h.submit_good().await;
+    let running = h.submit_good().await;
+    let failed = h.submit_good().await;
+    h.store
+        .set_status(&running, ExecutionStatus::Running, None)
+        .await
+        .unwrap();
+    h.store
+        .set_status(&failed, ExecutionStatus::Failed, None)
+        .await
+        .unwrap();
+    let done = Some((ModelCallStatus::Completed, None, 10, 4));
+    h.model_call(&running, &h.alice_id, 1, "ask", LOCAL, done)
+        .await;
+    h.model_call(&failed, &h.alice_id, 1, "ask", LOCAL, done)
+        .await;
+    h.model_call(
+        &failed,
+        &h.alice_id,
+        2,
+        "ask",
+        ("anthropic", "claude-\"x\"\\y\nz"),
+        Some((ModelCallStatus::Failed, Some("rate_limited"), 3, 0)),
+    )
+    .await;
+    h.model_call(&running, &h.alice_id, 2, "ask", LOCAL, None)
+        .await;
+    h.model_call(&queued, &h.alice_id, 1, "ask", LOCAL, None)
+        .await;
+
+    let reply = h.get("/metrics", &h.admin).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.headers[header::CONTENT_TYPE],
+        "text/plain; version=0.0.4"
+    );
+    let version = env!("CARGO_PKG_VERSION");
+    let expected = format!(
+        "\
+# HELP kiln_build_info Always 1; the version label is the controller's version.
+# TYPE kiln_build_info gauge
+kiln_build_info{{version=\"{version}\"}} 1
+# HELP kiln_executions Executions in the store, by status.
+# TYPE kiln_executions gauge
+kiln_executions{{status=\"queued\"}} 1
+kiln_executions{{status=\"running\"}} 1
+kiln_executions{{status=\"succeeded\"}} 0
+kiln_executions{{status=\"failed\"}} 1
+kiln_executions{{status=\"timed_out\"}} 0
+kiln_executions{{status=\"oom\"}} 0
+kiln_executions{{status=\"cancelled\"}} 0
+kiln_executions{{status=\"agent_lost\"}} 0
+kiln_executions{{status=\"sandbox_crashed\"}} 0
+kiln_executions{{status=\"protocol_error\"}} 0
+kiln_executions{{status=\"denied\"}} 0
+# HELP kiln_model_calls_total Model calls that ended, by provider, model and status.
+# TYPE kiln_model_calls_total counter
+kiln_model_calls_total{{provider=\"anthropic\",model=\"claude-\\\"x\\\"\\\\y\\nz\",status=\"failed\"}} 1
+kiln_model_calls_total{{provider=\"local\",model=\"qwen\",status=\"completed\"}} 2
+# HELP kiln_model_calls_running Model calls in flight, by provider and model.
+# TYPE kiln_model_calls_running gauge
+kiln_model_calls_running{{provider=\"local\",model=\"qwen\"}} 2
+# HELP kiln_model_input_tokens_total Input (prompt) tokens of model calls, by provider and model.
+# TYPE kiln_model_input_tokens_total counter
+kiln_model_input_tokens_total{{provider=\"anthropic\",model=\"claude-\\\"x\\\"\\\\y\\nz\"}} 3
+kiln_model_input_tokens_total{{provider=\"local\",model=\"qwen\"}} 20
+# HELP kiln_model_output_tokens_total Output (completion) tokens of model calls, by provider and model.
+# TYPE kiln_model_output_tokens_total counter
+kiln_model_output_tokens_total{{provider=\"anthropic\",model=\"claude-\\\"x\\\"\\\\y\\nz\"}} 0
+kiln_model_output_tokens_total{{provider=\"local\",model=\"qwen\"}} 8
+"
+    );
+    assert_eq!(String::from_utf8(reply.bytes).unwrap(), expected);
 }

@@ -22,7 +22,7 @@ use crate::intake::{self, FileDiagnostic, Submission};
 use crate::launcher::{ApprovalError, CancelOutcome, Decision};
 use crate::store::{
     ApprovalDecision, ApprovalRecord, ArtifactInfo, AuditEntry, Execution, ExecutionFilter,
-    ExecutionStatus, StoreError,
+    ExecutionStatus, ModelUsage, StoreError,
 };
 
 /// Default and largest page sizes.
@@ -93,19 +93,19 @@ pub struct ExecutionView {
     pub files: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approvals: Option<Vec<ApprovalView>>,
-    /// Model calls of the execution's agent steps, as counted by this
-    /// controller since it started (in memory; a restart forgets them).
+    /// Only on `GET /executions/{id}`: the model calls of the execution's
+    /// agent steps, from the store (every admitted call counts as a request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_usage: Option<ModelUsageView>,
 }
 
-/// Model usage of one execution, in total and per step.
+/// Model usage of one execution, in total and per step (steps that made a call).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelUsageView {
     pub requests: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
-    pub steps: std::collections::BTreeMap<String, crate::gateway::BudgetUsage>,
+    pub steps: BTreeMap<String, ModelUsage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -237,7 +237,11 @@ fn diagnostics_json(diagnostics: &[FileDiagnostic]) -> Vec<serde_json::Value> {
 }
 
 /// The execution if the caller may see it; otherwise 404, exactly as if it did not exist.
-async fn visible(state: &AppState, caller: &Caller, id: &str) -> Result<Execution, ApiError> {
+pub(super) async fn visible(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<Execution, ApiError> {
     state
         .store()
         .get_execution(id, caller.owner_scope())
@@ -380,18 +384,12 @@ pub async fn get_one(
     view.inputs = Some(inputs);
     view.files = Some(files);
     view.approvals = Some(approvals.into_iter().map(approval_view).collect());
-    view.model_usage = state.gateway().map(|gateway| {
-        let ledger = gateway
-            .ledger()
-            .lock()
-            .expect("budget ledger lock poisoned");
-        let total = ledger.execution_usage(&id);
-        ModelUsageView {
-            requests: total.requests,
-            input_tokens: total.input_tokens,
-            output_tokens: total.output_tokens,
-            steps: ledger.execution_steps(&id),
-        }
+    let (total, steps) = state.store().model_usage_of_execution(&id).await?;
+    view.model_usage = Some(ModelUsageView {
+        requests: total.requests,
+        input_tokens: total.input_tokens,
+        output_tokens: total.output_tokens,
+        steps,
     });
     Ok(Json(view))
 }

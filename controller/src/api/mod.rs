@@ -2,14 +2,15 @@
 //!
 //! The HTTP and WebSocket API, `/api/v1`, documented route by route in
 //! `docs/api.md`. Only this module knows HTTP status codes. Every route but
-//! the health checks needs `Authorization: Bearer <token>`; an execution is
-//! visible only to the token that submitted it (and to admin tokens), and to
-//! anyone else it does not exist (404).
+//! the health checks needs `Authorization: Bearer <token>` (`/metrics` an
+//! admin one); an execution is visible only to the token that submitted it
+//! (and to admin tokens), and to anyone else it does not exist (404).
 
 pub mod error;
 pub mod executions;
 pub mod extract;
 pub mod stream;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -33,6 +34,7 @@ pub use executions::{
     ValidateBody, Validated,
 };
 pub use stream::{CLOSE_LAGGED, StreamMessage};
+pub use usage::{ModelCallList, ModelCallView, UsageLimits, UsageView};
 
 /// Checks that Docker answers, for `/readyz`. `Err` carries a cause for the log only.
 /// Built by `serve` around `controller::sandbox`, so the API never imports bollard.
@@ -53,7 +55,7 @@ struct StateInner {
     docker_ready: ReadinessCheck,
     /// Cancelled when the server stops: live watchers then close with 1012.
     shutdown: CancellationToken,
-    /// The model gateway, for model usage figures (None: not shown).
+    /// The model gateway, when one is configured.
     gateway: Option<Arc<Gateway>>,
 }
 
@@ -100,8 +102,8 @@ impl AppState {
         }
     }
 
-    /// The same state, showing `gateway`'s model usage figures on
-    /// `GET /executions/{id}`.
+    /// The same state, with the model gateway (usage figures come from the
+    /// store, not from the gateway's in-memory ledger).
     pub fn with_gateway(self, gateway: Arc<Gateway>) -> AppState {
         let inner = &self.inner;
         AppState {
@@ -177,7 +179,13 @@ pub fn app(state: AppState) -> Router {
             "/api/v1/executions/{id}/artifacts/{*name}",
             get(executions::get_artifact),
         )
+        .route(
+            "/api/v1/executions/{id}/model-calls",
+            get(usage::model_calls),
+        )
+        .route("/api/v1/usage", get(usage::usage))
         .route("/api/v1/validate", post(executions::validate))
+        .route("/metrics", get(usage::metrics))
         .fallback(executions::no_route)
         .method_not_allowed_fallback(executions::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
