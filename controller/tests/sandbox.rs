@@ -83,7 +83,14 @@ impl TestEnv {
             std::fs::read("/bin/busybox").expect("busybox-static must be installed (/bin/busybox)");
         // /work ships as 0700 like in the kiln images: runc keeps the mode
         // of an existing mountpoint over the tmpfs `mode=` option.
-        let dockerfile = "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN [\"/bin/busybox\", \"mkdir\", \"-m\", \"0700\", \"/work\"]\n";
+        // The LABEL first makes every layer of this test's image its own:
+        // with identical Dockerfiles, parallel tests shared cached layers,
+        // and one test removing its image failed another's build ("failed
+        // to get digest", measured).
+        let dockerfile = format!(
+            "FROM scratch\nLABEL {TEST_LABEL}={}\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN [\"/bin/busybox\", \"mkdir\", \"-m\", \"0700\", \"/work\"]\n",
+            self.label
+        );
         let mut builder = tar::Builder::new(Vec::new());
         for (name, data, mode) in [
             ("Dockerfile", dockerfile.as_bytes(), 0o644),
@@ -418,24 +425,37 @@ Seccomp: 2
     assert!(!report.oom_killed);
 }
 
-/// The same view under runsc. Differences, asserted as today's behaviour of
-/// Debian's 2022 runsc: gVisor's /proc shows no `NoNewPrivs` line, and
-/// `Seccomp: 0` because runsc applies the OCI seccomp profile only with
-/// `--oci-seccomp` (not registered here): the Sentry's own host seccomp
-/// filter is the boundary on this tier. FIXME(issue 5): decide on
-/// `--oci-seccomp` for the runsc runtime registration.
+/// The same view under runsc. gVisor's /proc shows no `NoNewPrivs` line
+/// (Debian's 2022 runsc). `Seccomp: 2`: runsc is registered with
+/// `--oci-seccomp` (deploy/host-setup.sh), so the profile applies inside the
+/// Sentry as well (without the flag this read `Seccomp: 0`).
 #[tokio::test]
 async fn inside_view_under_runsc() {
     let env = TestEnv::new("insiderunsc").await;
     let spec = env.spec("a", Runtime::Runsc, TestEnv::limits(128, 64));
-    let profile = env.test_profile(&spec, INSIDE_SCRIPT);
+    // unshare(CLONE_NEWUSER) and unshare(CLONE_NEWNS) are what the Sentry
+    // allowed a step itself (Sentry-internal namespaces) before the profile
+    // applied inside gVisor; now the profile denies them: EPERM.
+    let script = format!(
+        "{INSIDE_SCRIPT}unshare -U true 2>&1; echo \"rc=$?\"
+unshare -m true 2>&1; echo \"rc=$?\"
+"
+    );
+    let profile = env.test_profile(&spec, &script);
     let (handle, report, output) = env.run_capture(&profile, Duration::from_secs(60)).await;
     env.sandbox.remove(&handle).await.unwrap();
-    let expected = expected_inside(
+    let mut expected = expected_inside(
         &spec.execution_id,
         "CapEff: 00000000000000e0
 CapBnd: 00000000000000e0
-Seccomp: 0
+Seccomp: 2
+",
+    );
+    expected.push_str(
+        "unshare: unshare(0x10000000): Operation not permitted
+rc=1
+unshare: unshare(0x20000): Operation not permitted
+rc=1
 ",
     );
     assert_eq!(output, expected);
