@@ -1,9 +1,13 @@
-//! Unit tests for the relay's hub.
+//! Unit tests for the relay's hub, and for the relay over a real store.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
+
+use protocol::{ControllerEvent, EventBody};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
-use super::Hub;
+use super::{Hub, Relay};
+use crate::store::{NewExecution, Store};
 
 #[test]
 fn subscriber_sees_published_events_in_order_then_closed_after_finish() {
@@ -60,4 +64,64 @@ async fn finish_wakes_a_waiting_watcher() {
     tokio::task::yield_now().await;
     hub.finish("e1");
     assert_eq!(waiter.await.unwrap(), Err(RecvError::Closed));
+}
+
+/// A relay over a fresh store with one execution.
+async fn relay_over_store() -> (tempfile::TempDir, Store, String, Relay) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(&dir.path().join("kiln.db"), 1024)
+        .await
+        .unwrap();
+    let execution = store
+        .create_execution(NewExecution {
+            owner_token_id: "tok".to_string(),
+            recipe_source: "name: x\n".to_string(),
+            gallery_name: None,
+            inputs: serde_json::Map::new(),
+            files: BTreeMap::new(),
+            class: "default".to_string(),
+        })
+        .await
+        .unwrap();
+    let relay = Relay::open(store.clone(), Hub::new(8), &execution.id, 1 << 20)
+        .await
+        .unwrap();
+    (dir, store, execution.id, relay)
+}
+
+async fn acked_seq(store: &Store, execution_id: &str) -> u64 {
+    store
+        .get_execution(execution_id, None)
+        .await
+        .unwrap()
+        .unwrap()
+        .last_acked_seq
+}
+
+#[tokio::test]
+async fn record_and_ack_stores_the_events_with_the_agent_position() {
+    let (_dir, store, id, mut relay) = relay_over_store().await;
+    let bodies = vec![
+        EventBody::Controller(ControllerEvent::AgentConnected {}),
+        EventBody::Controller(ControllerEvent::Queued {}),
+    ];
+    assert_eq!(relay.record_and_ack(bodies, Some(4)).await.unwrap(), 2);
+    assert_eq!(acked_seq(&store, &id).await, 4);
+    let stored = store.events_after(&id, 0, 10).await.unwrap();
+    assert_eq!(
+        stored.iter().map(|event| event.seq).collect::<Vec<_>>(),
+        [1, 2]
+    );
+
+    // No event to store: the position alone moves (never backwards).
+    assert_eq!(relay.record_and_ack(vec![], Some(6)).await.unwrap(), 0);
+    assert_eq!(acked_seq(&store, &id).await, 6);
+    assert_eq!(relay.record_and_ack(vec![], Some(5)).await.unwrap(), 0);
+    assert_eq!(acked_seq(&store, &id).await, 6);
+
+    // `record` leaves the position alone; seqs continue without a gap.
+    let body = EventBody::Controller(ControllerEvent::AgentConnected {});
+    assert_eq!(relay.record(vec![body]).await.unwrap(), 1);
+    assert_eq!(acked_seq(&store, &id).await, 6);
+    assert_eq!(store.last_event_seq(&id).await.unwrap(), 3);
 }

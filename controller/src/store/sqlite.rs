@@ -46,6 +46,14 @@ macro_rules! approval_columns {
     };
 }
 
+/// The aggregate that [`usage_from_row`] reads: every admitted call is a request.
+macro_rules! usage_columns {
+    () => {
+        "COUNT(*) AS requests, COALESCE(SUM(input_tokens), 0) AS input_tokens, \
+         COALESCE(SUM(output_tokens), 0) AS output_tokens"
+    };
+}
+
 /// Statuses that may still change, as SQL (kept in sync with `ExecutionStatus::is_final`).
 macro_rules! unfinished_statuses {
     () => {
@@ -783,11 +791,11 @@ impl SqliteStore {
         &self,
         execution_id: &str,
     ) -> Result<(ModelUsage, BTreeMap<String, ModelUsage>), StoreError> {
-        let rows = sqlx::query(
-            "SELECT step_id, COUNT(*) AS requests, COALESCE(SUM(input_tokens), 0) AS input_tokens,
-                    COALESCE(SUM(output_tokens), 0) AS output_tokens
-             FROM model_calls WHERE execution_id = ?1 GROUP BY step_id",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT step_id, ",
+            usage_columns!(),
+            " FROM model_calls WHERE execution_id = ?1 GROUP BY step_id"
+        ))
         .bind(execution_id)
         .fetch_all(&self.pool)
         .await?;
@@ -804,11 +812,11 @@ impl SqliteStore {
     }
 
     pub async fn model_usage_of_user(&self, user_id: &str) -> Result<ModelUsage, StoreError> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS requests, COALESCE(SUM(input_tokens), 0) AS input_tokens,
-                    COALESCE(SUM(output_tokens), 0) AS output_tokens
-             FROM model_calls WHERE user_id = ?1",
-        )
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            usage_columns!(),
+            " FROM model_calls WHERE user_id = ?1"
+        ))
         .bind(user_id)
         .fetch_one(&self.pool)
         .await?;
@@ -816,11 +824,11 @@ impl SqliteStore {
     }
 
     pub async fn model_usage_by_user(&self) -> Result<Vec<(String, ModelUsage)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT user_id, COUNT(*) AS requests, COALESCE(SUM(input_tokens), 0) AS input_tokens,
-                    COALESCE(SUM(output_tokens), 0) AS output_tokens
-             FROM model_calls GROUP BY user_id ORDER BY user_id",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT user_id, ",
+            usage_columns!(),
+            " FROM model_calls GROUP BY user_id ORDER BY user_id"
+        ))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -829,11 +837,11 @@ impl SqliteStore {
     }
 
     pub async fn model_call_totals(&self) -> Result<Vec<ModelCallTotals>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT provider, model, status, COUNT(*) AS requests, COALESCE(SUM(input_tokens), 0) AS input_tokens,
-                    COALESCE(SUM(output_tokens), 0) AS output_tokens
-             FROM model_calls GROUP BY provider, model, status ORDER BY provider, model, status",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT provider, model, status, ",
+            usage_columns!(),
+            " FROM model_calls GROUP BY provider, model, status ORDER BY provider, model, status"
+        ))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

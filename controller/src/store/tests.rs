@@ -686,6 +686,15 @@ fn statuses_round_trip_and_match_protocol_names() {
 
 // ---------------------------------------------------------------- model calls
 
+impl TestStore {
+    async fn execution(&self, owner: &str) -> Execution {
+        self.store
+            .create_execution(new_execution(owner))
+            .await
+            .unwrap()
+    }
+}
+
 fn model_call(
     execution_id: &str,
     request_id: u64,
@@ -741,21 +750,9 @@ async fn record_call(store: &Store, call: NewModelCall, end: Option<ModelCallEnd
 #[tokio::test]
 async fn model_usage_is_exact_per_execution_step_and_user() {
     let t = fresh().await;
-    let first = t
-        .store
-        .create_execution(new_execution("alice"))
-        .await
-        .unwrap();
-    let second = t
-        .store
-        .create_execution(new_execution("alice"))
-        .await
-        .unwrap();
-    let bobs = t
-        .store
-        .create_execution(new_execution("bob"))
-        .await
-        .unwrap();
+    let first = t.execution("alice").await;
+    let second = t.execution("alice").await;
+    let bobs = t.execution("bob").await;
     use ModelCallStatus::{Cancelled, Completed, Failed};
     let ask_ok = record_call(
         &t.store,
@@ -905,11 +902,7 @@ async fn model_usage_is_exact_per_execution_step_and_user() {
 #[tokio::test]
 async fn a_model_call_ends_once_and_only_with_a_final_status() {
     let t = fresh().await;
-    let ex = t
-        .store
-        .create_execution(new_execution("alice"))
-        .await
-        .unwrap();
+    let ex = t.execution("alice").await;
     let id = record_call(
         &t.store,
         model_call(&ex.id, 1, "ask", "alice", "openai", "gpt-x"),
@@ -954,11 +947,7 @@ async fn a_model_call_ends_once_and_only_with_a_final_status() {
 #[tokio::test]
 async fn interrupting_marks_only_the_running_calls() {
     let t = fresh().await;
-    let ex = t
-        .store
-        .create_execution(new_execution("alice"))
-        .await
-        .unwrap();
+    let ex = t.execution("alice").await;
     let done = record_call(
         &t.store,
         model_call(&ex.id, 1, "ask", "alice", "openai", "gpt-x"),
@@ -1012,16 +1001,8 @@ async fn interrupting_marks_only_the_running_calls() {
 #[tokio::test]
 async fn purging_an_execution_removes_its_model_calls() {
     let t = fresh().await;
-    let old = t
-        .store
-        .create_execution(new_execution("alice"))
-        .await
-        .unwrap();
-    let live = t
-        .store
-        .create_execution(new_execution("alice"))
-        .await
-        .unwrap();
+    let old = t.execution("alice").await;
+    let live = t.execution("alice").await;
     for ex in [&old, &live] {
         record_call(
             &t.store,
@@ -1047,10 +1028,7 @@ async fn purging_an_execution_removes_its_model_calls() {
 async fn executions_are_counted_by_status_with_zeros() {
     let t = fresh().await;
     for _ in 0..3 {
-        t.store
-            .create_execution(new_execution("alice"))
-            .await
-            .unwrap();
+        t.execution("alice").await;
     }
     let claimed = t.store.claim_next_queued().await.unwrap().unwrap();
     t.store
@@ -1097,11 +1075,7 @@ fn model_call_statuses_round_trip() {
 #[tokio::test]
 async fn events_and_the_acked_position_are_stored_together() {
     let t = fresh().await;
-    let ex = t
-        .store
-        .create_execution(new_execution("alice"))
-        .await
-        .unwrap();
+    let ex = t.execution("alice").await;
     let acked = |store: Store, id: String| async move {
         store
             .get_execution(&id, None)
