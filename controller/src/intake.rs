@@ -6,8 +6,10 @@
 //! resolvable sub-recipes), refuses anything with an error diagnostic, and keeps
 //! the warnings. It does no HTTP: the API maps [`IntakeError`] to statuses.
 //!
-//! Agent names are checked against the built-in agent profiles (an unknown
-//! one is a warning: it runs with the default profile). When the operator
+//! Agent names are checked against the server's agent profiles, which the
+//! caller passes (the gateway's: the built-in ones overridden by the
+//! operator's `gateway.profiles_dir`; see [`known_agents_of`]). An unknown
+//! one is a warning: it runs with the default profile. When the operator
 //! configured no model provider, a submission with agent steps (in the recipe
 //! or in any sub-recipe it carries) is refused at once with
 //! `no-model-provider`, rather than accepted only to fail later; validation
@@ -19,6 +21,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::LazyLock;
+
+use crate::gateway::{AgentProfiles, Gateway};
 
 use recipe::diagnostic::{Diagnostic, LineIndex, Severity, Span};
 use recipe::model::{Body, Step, StepKind};
@@ -215,17 +219,19 @@ pub fn check_sizes(
 }
 
 /// Checks the recipe and its sub-recipe files. Returns every diagnostic, each
-/// tagged with its file; `main_file` names the recipe itself.
-pub fn check_recipe_files(
+/// tagged with its file; `main_file` names the recipe itself. Agent names
+/// outside `known_agents` get an `unknown-agent` warning.
+pub fn check_recipe_files_with_agents(
     main_file: &str,
     source: &str,
     files: &BTreeMap<String, String>,
     gallery_files: &[String],
+    known_agents: &[String],
 ) -> Vec<FileDiagnostic> {
     let mut available: BTreeSet<String> = gallery_files.iter().cloned().collect();
     available.extend(files.keys().cloned());
     let options = recipe::CheckOptions {
-        known_agents: Some(KNOWN_AGENTS.clone()),
+        known_agents: Some(known_agents.to_vec()),
         available_recipes: Some(available.into_iter().collect()),
     };
     let mut all = Vec::new();
@@ -247,14 +253,30 @@ pub fn check_recipe_files(
     all
 }
 
-/// The agent names the built-in profiles answer to.
-static KNOWN_AGENTS: LazyLock<Vec<String>> =
-    LazyLock::new(|| crate::gateway::AgentProfiles::builtin().known_agents());
+/// [`check_recipe_files_with_agents`] against the built-in profiles' names.
+/// Transitional, for callers that do not pass the server's agents yet: it
+/// ignores the operator's `gateway.profiles_dir`.
+pub fn check_recipe_files(
+    main_file: &str,
+    source: &str,
+    files: &BTreeMap<String, String>,
+    gallery_files: &[String],
+) -> Vec<FileDiagnostic> {
+    check_recipe_files_with_agents(main_file, source, files, gallery_files, &BUILTIN_AGENTS)
+}
 
-/// The agent names the built-in profiles answer to; others get an
-/// `unknown-agent` warning.
-pub fn known_agents() -> Vec<String> {
-    KNOWN_AGENTS.clone()
+/// The agent names the built-in profiles answer to.
+static BUILTIN_AGENTS: LazyLock<Vec<String>> =
+    LazyLock::new(|| AgentProfiles::builtin().known_agents());
+
+/// The agent names a server knows: its gateway's profiles (the built-in
+/// ones overridden by `gateway.profiles_dir`), or the built-in ones when it
+/// runs without a gateway.
+pub fn known_agents_of(gateway: Option<&Gateway>) -> Vec<String> {
+    match gateway {
+        Some(gateway) => gateway.profiles().known_agents(),
+        None => BUILTIN_AGENTS.clone(),
+    }
 }
 
 /// Diagnostic code of an agent step on a controller with no model provider.
@@ -342,10 +364,24 @@ fn collect_agent_steps(steps: &[Step], prefix: &str, found: &mut Vec<(String, St
     }
 }
 
-/// Checks a submission for `owner_token_id`: sizes, class, gallery, recipe.
+/// [`check_submission_with_agents`] against the built-in profiles' names.
+/// Transitional, for callers that do not pass the server's agents yet: it
+/// ignores the operator's `gateway.profiles_dir`.
 pub fn check_submission(
     config: &Config,
     gallery: &Gallery,
+    submission: Submission,
+    owner_token_id: &str,
+) -> Result<Accepted, IntakeError> {
+    check_submission_with_agents(config, gallery, &BUILTIN_AGENTS, submission, owner_token_id)
+}
+
+/// Checks a submission for `owner_token_id`: sizes, class, gallery, recipe
+/// (agent names against `known_agents`, see [`known_agents_of`]).
+pub fn check_submission_with_agents(
+    config: &Config,
+    gallery: &Gallery,
+    known_agents: &[String],
     submission: Submission,
     owner_token_id: &str,
 ) -> Result<Accepted, IntakeError> {
@@ -379,8 +415,13 @@ pub fn check_submission(
         _ => return Err(IntakeError::RecipeSourceAmbiguous),
     };
     let gallery_files = gallery.file_names()?;
-    let mut diagnostics =
-        check_recipe_files(&main_file, &source, &submission.files, &gallery_files);
+    let mut diagnostics = check_recipe_files_with_agents(
+        &main_file,
+        &source,
+        &submission.files,
+        &gallery_files,
+        known_agents,
+    );
     if diagnostics.iter().any(|item| item.diagnostic.is_error()) {
         return Err(IntakeError::InvalidRecipe { diagnostics });
     }

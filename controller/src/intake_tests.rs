@@ -366,3 +366,59 @@ fn validation_reports_a_missing_provider_as_a_warning() {
             .is_empty()
     );
 }
+
+#[test]
+fn operator_profiles_decide_which_agents_are_known() {
+    let profiles_dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        profiles_dir.path().join("reviewer.yaml"),
+        "name: 'acme:reviewer'\nsystem_prompt: review\n",
+    )
+    .unwrap();
+    let mut config = with_local_provider();
+    config.gateway.profiles_dir = Some(profiles_dir.path().to_path_buf());
+    let gateway = Gateway::new(
+        config.gateway.clone(),
+        config.gateway.load_profiles().unwrap(),
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let server_agents = known_agents_of(Some(&gateway));
+    assert!(server_agents.contains(&"acme:reviewer".to_string()));
+    assert_eq!(
+        known_agents_of(None),
+        AgentProfiles::builtin().known_agents()
+    );
+
+    let dir = gallery_dir();
+    let gallery = Gallery::new(dir.path());
+    let recipe = AGENTS.replace("agent: self", "agent: acme:reviewer");
+    let warned = |known_agents: &[String]| -> Vec<String> {
+        check_submission_with_agents(&config, &gallery, known_agents, submission(&recipe), "tok")
+            .unwrap()
+            .warnings
+            .iter()
+            .map(|item| format!("{} {}", item.file, item.diagnostic.code))
+            .collect()
+    };
+    assert_eq!(warned(&server_agents), Vec::<String>::new());
+    assert_eq!(warned(&known_agents_of(None)), vec!["recipe unknown-agent"]);
+    // The transitional entry points judge by the built-in profiles.
+    let accepted = check_submission(&config, &gallery, submission(&recipe), "tok").unwrap();
+    assert_eq!(accepted.warnings.len(), 1);
+
+    // Sub-recipes are judged by the same names.
+    let files = BTreeMap::from([("sub.yaml".to_string(), recipe.replace("mixed", "sub"))]);
+    let codes = |known_agents: &[String]| -> Vec<String> {
+        check_recipe_files_with_agents("recipe", GOOD, &files, &[], known_agents)
+            .iter()
+            .map(|item| format!("{} {}", item.file, item.diagnostic.code))
+            .collect()
+    };
+    assert_eq!(codes(&server_agents), Vec::<String>::new());
+    assert_eq!(
+        codes(&known_agents_of(None)),
+        vec!["sub.yaml unknown-agent"]
+    );
+    assert_eq!(check_recipe_files("recipe", GOOD, &files, &[]).len(), 1);
+}

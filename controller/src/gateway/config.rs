@@ -12,6 +12,7 @@
 //! ```toml
 //! [gateway]
 //! default_provider = "local"
+//! profiles_dir = "/etc/kiln/agents"   # optional: *.yaml agent profiles
 //!
 //! [[gateway.providers]]
 //! name = "local"
@@ -36,6 +37,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::budget::Budget;
+use super::profiles::AgentProfiles;
 
 /// Largest API key file read (a key is a few hundred bytes at most).
 pub const MAX_API_KEY_FILE_BYTES: u64 = 16 * 1024;
@@ -218,7 +220,14 @@ pub struct GatewayConfig {
     pub retry: RetryConfig,
     pub budgets: BudgetsConfig,
     pub response_limits: ResponseLimits,
+    /// A directory of `*.yaml` / `*.yml` agent profiles that add to the
+    /// built-in ones and replace them by name (absolute path). None: the
+    /// built-in profiles only.
+    pub profiles_dir: Option<PathBuf>,
 }
+
+/// The operator key of the profiles directory, as errors name it.
+pub const PROFILES_DIR_KEY: &str = "gateway.profiles_dir";
 
 /// A configuration problem, naming the key (`gateway.providers[0].base_url`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -253,7 +262,25 @@ impl GatewayConfig {
         }
     }
 
+    /// The agent profiles this configuration gives: the built-in ones,
+    /// overridden by every profile in `profiles_dir` when it is set. An error
+    /// names the key `gateway.profiles_dir` and the file at fault.
+    pub fn load_profiles(&self) -> Result<AgentProfiles, GatewayConfigError> {
+        let Some(dir) = &self.profiles_dir else {
+            return Ok(AgentProfiles::builtin());
+        };
+        if !dir.is_absolute() {
+            return Err(config_error(PROFILES_DIR_KEY, "must be an absolute path"));
+        }
+        AgentProfiles::load_dir(dir)
+            .map_err(|error| config_error(PROFILES_DIR_KEY, error.to_string()))
+    }
+
     /// Check every cross-reference and bound; the first problem wins.
+    ///
+    /// The one check that reads files: with `profiles_dir` set, every
+    /// profile in it is loaded ([`Self::load_profiles`]), so a bad directory
+    /// or profile stops start-up (exit 64) rather than the first agent step.
     pub fn validate(&self) -> Result<(), GatewayConfigError> {
         let mut names = BTreeSet::new();
         for (idx, provider) in self.providers.iter().enumerate() {
@@ -383,6 +410,9 @@ impl GatewayConfig {
                 "gateway.response_limits",
                 "every limit must be at least 1",
             ));
+        }
+        if self.profiles_dir.is_some() {
+            self.load_profiles()?;
         }
         Ok(())
     }

@@ -222,6 +222,107 @@ fn validation_names_the_key() {
 }
 
 #[test]
+fn profiles_dir_overrides_the_builtin_profiles() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("explorer.yaml"),
+        "name: 'foundation:explorer'\nsystem_prompt: operator prompt\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("reviewer.yml"),
+        "name: 'acme:reviewer'\nsystem_prompt: review\n",
+    )
+    .unwrap();
+    let text = format!("profiles_dir = {:?}\n", dir.path().display().to_string());
+    let config: GatewayConfig = toml::from_str(&text).unwrap();
+    assert_eq!(config.profiles_dir.as_deref(), Some(dir.path()));
+    config.validate().unwrap();
+    let profiles = config.load_profiles().unwrap();
+    assert_eq!(
+        profiles.lookup("foundation:explorer").profile.system_prompt,
+        "operator prompt"
+    );
+    assert!(profiles.is_known("acme:reviewer"));
+    // The built-ins that were not replaced stay.
+    assert!(profiles.is_known("self"));
+    assert_eq!(
+        profiles.known_agents().len(),
+        AgentProfiles::builtin().known_agents().len() + 1
+    );
+    // Without the key: exactly the built-ins.
+    assert_eq!(
+        GatewayConfig::default()
+            .load_profiles()
+            .unwrap()
+            .known_agents(),
+        AgentProfiles::builtin().known_agents()
+    );
+}
+
+#[test]
+fn bad_profiles_dir_is_a_config_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_profile = dir.path().join("bad");
+    std::fs::create_dir(&bad_profile).unwrap();
+    std::fs::write(
+        bad_profile.join("x.yaml"),
+        "name: x\nsystem_prompt: hi\ntemprature: 1\n",
+    )
+    .unwrap();
+    let file = dir.path().join("file.yaml");
+    std::fs::write(&file, "").unwrap();
+    let missing = dir.path().join("missing");
+    // (profiles_dir, expected message)
+    let cases = [
+        (
+            PathBuf::from("agents"),
+            "must be an absolute path".to_string(),
+        ),
+        (
+            missing.clone(),
+            format!(
+                "read agent profile directory `{}`: No such file or directory (os error 2)",
+                missing.display()
+            ),
+        ),
+        (
+            file.clone(),
+            format!(
+                "read agent profile directory `{}`: Not a directory (os error 20)",
+                file.display()
+            ),
+        ),
+        (
+            bad_profile.clone(),
+            format!(
+                "parse agent profile `{}`: ",
+                bad_profile.join("x.yaml").display()
+            ),
+        ),
+    ];
+    for (path, message) in cases {
+        let config = GatewayConfig {
+            profiles_dir: Some(path.clone()),
+            ..GatewayConfig::default()
+        };
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.key, "gateway.profiles_dir", "{}", path.display());
+        assert!(
+            err.message.starts_with(&message),
+            "{}: {err}",
+            path.display()
+        );
+        assert!(
+            err.to_string()
+                .starts_with("invalid configuration at `gateway.profiles_dir`: "),
+            "{err}"
+        );
+        assert_eq!(config.load_profiles().unwrap_err(), err);
+    }
+}
+
+#[test]
 fn empty_config_has_no_providers() {
     let config = GatewayConfig::default();
     config.validate().unwrap();

@@ -4,7 +4,8 @@
 //! or model role) and default sampling parameters.
 //!
 //! Profiles are YAML files. The ones in `controller/agents/` are compiled in;
-//! an operator directory may add more or replace them by name. An unknown agent
+//! an operator directory (`gateway.profiles_dir`, loaded by
+//! `GatewayConfig::load_profiles`) may add more or replace them by name. An unknown agent
 //! name gets the `default` profile (validation warns about it: pass
 //! [`AgentProfiles::known_agents`] as `CheckOptions::known_agents`).
 
@@ -77,6 +78,11 @@ pub struct AgentProfile {
 /// Loading profiles failed; names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
+    #[error("read agent profile directory `{}`: {source}", path.display())]
+    ReadDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("read agent profile `{}`: {source}", path.display())]
     Read {
         path: PathBuf,
@@ -161,13 +167,13 @@ impl AgentProfiles {
 
     /// The built-in profiles, overridden by every `*.yaml` file in `dir`.
     pub fn load_dir(dir: &Path) -> Result<AgentProfiles, ProfileError> {
-        let entries = std::fs::read_dir(dir).map_err(|source| ProfileError::Read {
+        let entries = std::fs::read_dir(dir).map_err(|source| ProfileError::ReadDir {
             path: dir.to_path_buf(),
             source,
         })?;
         let mut paths = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|source| ProfileError::Read {
+            let entry = entry.map_err(|source| ProfileError::ReadDir {
                 path: dir.to_path_buf(),
                 source,
             })?;
