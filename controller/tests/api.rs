@@ -575,6 +575,7 @@ async fn another_tokens_execution_is_indistinguishable_from_a_missing_one() {
         ("POST", "/approvals/deploy", Some(approve.as_str())),
         ("GET", "/artifacts", None),
         ("GET", "/artifacts/a.txt", None),
+        ("GET", "/model-calls", None),
     ] {
         let theirs = h
             .send(
