@@ -684,3 +684,31 @@ fn model_request_selection_is_bounded_both_ways() {
     let text = encode_agent_message(&accepted).unwrap();
     assert_eq!(decode_agent_message(&text).unwrap(), accepted);
 }
+
+#[test]
+fn the_documented_model_request_decodes() {
+    // The ```json block of docs/model-gateway.md's "The wire request".
+    let doc = include_str!("../../docs/model-gateway.md");
+    let start = doc.find("```json\n").unwrap() + "```json\n".len();
+    let end = start + doc[start..].find("```").unwrap();
+    let AgentMessage::ModelRequest(request) = decode_agent_message(&doc[start..end]).unwrap()
+    else {
+        panic!("not a model request");
+    };
+    assert_eq!(
+        request.provider_preferences,
+        Some(vec![
+            ModelPreference::Class {
+                class: "reasoning".into()
+            },
+            ModelPreference::Provider {
+                provider: "local".into(),
+                model: Some("fast".into())
+            },
+        ])
+    );
+    assert_eq!(
+        request.agent_config.unwrap().keys().collect::<Vec<_>>(),
+        ["temperature", "tools"]
+    );
+}
