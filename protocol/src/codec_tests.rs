@@ -55,7 +55,7 @@ fn agent_messages() -> Vec<AgentMessage> {
             timeout_secs: 60,
             default: ApprovalChoice::Deny,
         }),
-        AgentMessage::ModelRequest(ModelRequest {
+        AgentMessage::ModelRequest(Box::new(ModelRequest {
             request_id: 2,
             step_id: "ask".into(),
             agent: "zen-architect".into(),
@@ -93,9 +93,9 @@ fn agent_messages() -> Vec<AgentMessage> {
             },
             stream: true,
             timeout_secs: 600,
-        }),
+        })),
         AgentMessage::ModelCancel { request_id: 2 },
-        AgentMessage::ModelRequest(minimal_model_request()),
+        AgentMessage::ModelRequest(Box::new(minimal_model_request())),
         AgentMessage::ArtifactChunk(ArtifactChunk {
             seq: 10,
             name: "out/report.txt".into(),
@@ -565,7 +565,7 @@ fn model_request_selection_is_bounded_both_ways() {
     let with = |edit: &dyn Fn(&mut ModelRequest)| {
         let mut request = minimal_model_request();
         edit(&mut request);
-        AgentMessage::ModelRequest(request)
+        AgentMessage::ModelRequest(Box::new(request))
     };
     let refused: Vec<(AgentMessage, ProtocolError)> = vec![
         (

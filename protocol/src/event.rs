@@ -160,11 +160,81 @@ pub enum ControllerEvent {
     CancelRequested {
         by: String,
     },
+    /// An agent step's model call passed resolution and the budget check and
+    /// went to the provider (it counts as one request of the budgets).
+    ModelCallStarted {
+        step_id: String,
+        /// The agent's id for the call (unique per execution).
+        request_id: u64,
+        provider: String,
+        model: String,
+        /// The agent profile used (`default` for an unknown agent name).
+        profile: String,
+    },
+    /// A batch of answer text as the provider streams it: the live view of
+    /// the model thinking. The step's output is the final answer, not the
+    /// concatenation of these (a retried stream starts again).
+    ModelOutput {
+        step_id: String,
+        request_id: u64,
+        text: String,
+    },
+    /// A model call that never reached a provider: no configured model
+    /// matched, a budget is exhausted, or too many calls are in flight.
+    ModelCallRefused {
+        step_id: String,
+        request_id: u64,
+        code: crate::ModelErrorCode,
+        message: String,
+    },
+    /// A started model call ended. Token counts are the provider's, exact;
+    /// `provider`/`model` are the ones that answered (a fallback may differ
+    /// from `model_call_started`).
+    ModelCallFinished {
+        step_id: String,
+        request_id: u64,
+        outcome: ModelCallOutcome,
+        provider: String,
+        model: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<crate::ModelErrorCode>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+        input_tokens: u64,
+        output_tokens: u64,
+        duration_ms: u64,
+    },
     Finished {
         status: FinalStatus,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+}
+
+/// How a started model call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelCallOutcome {
+    Completed,
+    /// The provider failed, timed out, or its answer was unusable.
+    Failed,
+    /// The step or the execution was cancelled; the request was aborted.
+    Cancelled,
+    /// The session ended under the call (the container stopped, or the
+    /// controller stopped: an agent taken back asks again, as a new call).
+    Interrupted,
+}
+
+impl ModelCallOutcome {
+    /// The stable snake_case name (same as the JSON).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelCallOutcome::Completed => "completed",
+            ModelCallOutcome::Failed => "failed",
+            ModelCallOutcome::Cancelled => "cancelled",
+            ModelCallOutcome::Interrupted => "interrupted",
+        }
+    }
 }
 
 /// The final status of an execution.

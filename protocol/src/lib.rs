@@ -153,7 +153,7 @@ pub use codec::{
 };
 pub use event::{
     AgentEventBody, ArtifactRejectReason, ControllerEvent, EngineEvent, EventBody, ExecutionEvent,
-    FinalStatus, KillReason, SandboxEvent,
+    FinalStatus, KillReason, ModelCallOutcome, SandboxEvent,
 };
 pub use limits::*;
 pub use message::{

@@ -31,7 +31,7 @@ pub enum AgentMessage {
     /// The engine reached an approval gate and waits for a decision.
     ApprovalRequest(ApprovalRequest),
     /// An agent step asks the controller to call a model.
-    ModelRequest(ModelRequest),
+    ModelRequest(Box<ModelRequest>),
     /// The agent no longer needs the answer to a model request
     /// (step timeout or cancel). The controller may ignore it.
     ModelCancel { request_id: u64 },

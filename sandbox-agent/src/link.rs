@@ -372,7 +372,7 @@ impl Link {
         let request_id = self.next_request_id();
         request.request_id = request_id;
         let frame: Arc<str> =
-            Arc::from(encode_agent_message(&AgentMessage::ModelRequest(request))?);
+            Arc::from(encode_agent_message(&AgentMessage::ModelRequest(Box::new(request)))?);
         let (sender, receiver) = mpsc::channel(64);
         self.state().models.insert(
             request_id,
