@@ -371,8 +371,9 @@ impl Link {
     ) -> Result<(u64, mpsc::Receiver<ModelResponseBody>), SendError> {
         let request_id = self.next_request_id();
         request.request_id = request_id;
-        let frame: Arc<str> =
-            Arc::from(encode_agent_message(&AgentMessage::ModelRequest(Box::new(request)))?);
+        let frame: Arc<str> = Arc::from(encode_agent_message(&AgentMessage::ModelRequest(
+            Box::new(request),
+        ))?);
         let (sender, receiver) = mpsc::channel(64);
         self.state().models.insert(
             request_id,
