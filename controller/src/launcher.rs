@@ -532,6 +532,12 @@ impl Launcher {
             Err(error) => tracing::error!(%error, "cannot store the final status"),
         }
         self.hub.finish(execution_id);
+        // Its usage is in the store; the ledger keeps only live executions.
+        self.gateway
+            .ledger()
+            .lock()
+            .expect("budget ledger lock poisoned")
+            .forget_execution(execution_id);
     }
 
     async fn remove_container(&self, handle: &ContainerHandle) {

@@ -130,6 +130,9 @@ pub struct Relay {
     output_cap_bytes: u64,
     output_bytes: u64,
     is_output_truncated: bool,
+    /// Live model text counts against its own cap of the same size.
+    model_output_bytes: u64,
+    is_model_output_truncated: bool,
 }
 
 impl Relay {
@@ -156,6 +159,8 @@ impl Relay {
             output_cap_bytes,
             output_bytes: 0,
             is_output_truncated: false,
+            model_output_bytes: 0,
+            is_model_output_truncated: false,
         })
     }
 
@@ -212,8 +217,28 @@ impl Relay {
             .map(|_| ())
     }
 
-    /// The controller's backstop for the per-execution output cap.
+    /// The controller's backstop for the per-execution output cap, and the
+    /// cap itself for live model text (which only the controller sees):
+    /// past it, `model_output` events are dropped after one warning; the
+    /// answers still reach their steps.
     fn apply_output_cap(&mut self, body: EventBody) -> Option<EventBody> {
+        if let EventBody::Controller(ControllerEvent::ModelOutput { step_id, text, .. }) = &body {
+            if self.is_model_output_truncated {
+                return None;
+            }
+            self.model_output_bytes += text.len() as u64;
+            if self.model_output_bytes <= self.output_cap_bytes {
+                return Some(body);
+            }
+            self.is_model_output_truncated = true;
+            return Some(EventBody::Engine(protocol::EngineEvent::Warning {
+                step_id: Some(step_id.clone()),
+                message: format!(
+                    "live model output is no longer shown: the execution's output cap of {} bytes is reached",
+                    self.output_cap_bytes
+                ),
+            }));
+        }
         let Some((step_id, stream, n_bytes)) = step_output_of(&body) else {
             return Some(body);
         };

@@ -125,3 +125,36 @@ async fn record_and_ack_stores_the_events_with_the_agent_position() {
     assert_eq!(acked_seq(&store, &id).await, 6);
     assert_eq!(store.last_event_seq(&id).await.unwrap(), 3);
 }
+
+#[tokio::test]
+async fn live_model_text_over_the_cap_is_dropped_after_one_warning() {
+    let (_dir, store, id, _) = relay_over_store().await;
+    let mut relay = Relay::open(store.clone(), Hub::new(8), &id, 10)
+        .await
+        .unwrap();
+    let tokens = |text: &str| {
+        EventBody::Controller(ControllerEvent::ModelOutput {
+            step_id: "ask".to_string(),
+            request_id: 1,
+            text: text.to_string(),
+        })
+    };
+    let bodies = vec![tokens("12345"), tokens("67890"), tokens("x"), tokens("y")];
+    assert_eq!(relay.record(bodies).await.unwrap(), 3);
+    let stored: Vec<serde_json::Value> = store
+        .events_after(&id, 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| serde_json::to_value(event.body).unwrap()["event"].clone())
+        .collect();
+    assert_eq!(
+        stored,
+        vec![
+            serde_json::json!({"type": "model_output", "step_id": "ask", "request_id": 1, "text": "12345"}),
+            serde_json::json!({"type": "model_output", "step_id": "ask", "request_id": 1, "text": "67890"}),
+            serde_json::json!({"type": "warning", "step_id": "ask",
+                "message": "live model output is no longer shown: the execution's output cap of 10 bytes is reached"}),
+        ]
+    );
+}

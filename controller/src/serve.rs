@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{AppState, ReadinessCheck};
 use crate::config::Config;
-use crate::gateway::{AgentProfiles, Gateway, GatewayError};
+use crate::gateway::{Gateway, GatewayError};
 use crate::launcher::{Control, Launcher, Tasks};
 use crate::queue::Slots;
 use crate::reconcile::ReconcileReport;
@@ -50,6 +50,8 @@ pub enum StartError {
     OpenStore(#[source] StoreError),
     #[error("create the admin token")]
     BootstrapToken(#[source] StoreError),
+    #[error("load the model usage recorded so far")]
+    SeedModelUsage(#[source] StoreError),
     #[error("connect to docker")]
     ConnectDocker(#[source] SandboxError),
     #[error("read or write the instance id {path}")]
@@ -104,15 +106,60 @@ pub async fn start_with(
 }
 
 /// The model gateway of `config`: keys loaded from `env` or their files, one
-/// HTTP client per provider, the built-in agent profiles. Built once, before
+/// HTTP client per provider, the configured agent profiles. Built once, before
 /// Docker; every execution's session shares it.
 pub fn build_gateway(
     config: &Config,
     env: &BTreeMap<String, String>,
 ) -> Result<Arc<Gateway>, StartError> {
-    Gateway::new(config.gateway.clone(), AgentProfiles::builtin(), env)
+    let profiles = config
+        .gateway
+        .load_profiles()
+        .map_err(|error| StartError::Gateway(GatewayError::Config(error)))?;
+    Gateway::new(config.gateway.clone(), profiles, env)
         .map(Arc::new)
         .map_err(StartError::Gateway)
+}
+
+/// Model calls a previous run left open are marked `interrupted` (an agent
+/// taken back resends its unanswered requests, which start new calls), then
+/// the budget ledger gets every user's usage and that of every unfinished
+/// execution, so a restart never resets a budget.
+async fn seed_model_usage(store: &Store, gateway: &Gateway) -> Result<(), StoreError> {
+    let n_interrupted = store
+        .interrupt_running_model_calls(crate::store::now_ms())
+        .await?;
+    if n_interrupted > 0 {
+        tracing::info!(
+            n_interrupted,
+            "model calls of the previous run marked interrupted"
+        );
+    }
+    let by_user = store.model_usage_by_user().await?;
+    let mut by_execution = Vec::new();
+    for execution in store.list_unfinished().await? {
+        let (total, _) = store.model_usage_of_execution(&execution.id).await?;
+        by_execution.push((execution.id, total));
+    }
+    let mut ledger = gateway
+        .ledger()
+        .lock()
+        .expect("budget ledger lock poisoned");
+    for (user, usage) in by_user {
+        ledger.load_user(&user, budget_usage(usage));
+    }
+    for (execution, usage) in by_execution {
+        ledger.load_execution(&execution, budget_usage(usage));
+    }
+    Ok(())
+}
+
+fn budget_usage(usage: crate::store::ModelUsage) -> crate::gateway::BudgetUsage {
+    crate::gateway::BudgetUsage {
+        requests: usage.requests,
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+    }
 }
 
 /// [`start_with`] with a gateway the caller built (tests pass a canary key
@@ -136,6 +183,10 @@ pub async fn start_with_gateway(
         .bootstrap_admin_token()
         .await
         .map_err(StartError::BootstrapToken)?;
+
+    seed_model_usage(&store, &gateway)
+        .await
+        .map_err(StartError::SeedModelUsage)?;
 
     let sandbox = Sandbox::connect()
         .await

@@ -1435,6 +1435,8 @@ impl Harness {
         if let Some((status, error_code, input_tokens, output_tokens)) = end {
             let end = ModelCallEnd {
                 status,
+                provider: None,
+                model: None,
                 error_code: error_code.map(str::to_string),
                 input_tokens,
                 output_tokens,

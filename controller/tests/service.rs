@@ -499,7 +499,7 @@ async fn socket_refuses_other_uids() {
 // ---------------------------------------------------------------- relay
 
 use controller::relay::{Hub, OUTPUT_CAP_SLACK_BYTES, Relay};
-use controller::store::{ExecutionStatus, NewExecution, Store};
+use controller::store::{ExecutionStatus, ModelCallStatus, NewExecution, Store};
 use protocol::{ControllerEvent, EventBody, ExecutionEvent, FinalStatus};
 
 async fn temp_store() -> (tempfile::TempDir, Store) {
@@ -794,9 +794,15 @@ impl Embedded {
     async fn submit(&self, recipe: &str) -> String {
         let store = &self.controller.launcher.store;
         let token = store.create_token("e2e", true).await.unwrap();
+        self.submit_as(&token.info.id, recipe).await
+    }
+
+    /// Submit as the owner of the token with id `token_id`.
+    async fn submit_as(&self, token_id: &str, recipe: &str) -> String {
+        let store = &self.controller.launcher.store;
         let execution = store
             .create_execution(NewExecution {
-                owner_token_id: token.info.id,
+                owner_token_id: token_id.to_owned(),
                 recipe_source: recipe.to_owned(),
                 gallery_name: None,
                 inputs: serde_json::Map::new(),
@@ -1638,6 +1644,32 @@ fn output_of(events: &[ExecutionEvent], step_id: &str) -> String {
         .collect()
 }
 
+/// The live model text of one step, joined (token batches split anywhere).
+fn model_output_of(events: &[ExecutionEvent], step_id: &str) -> String {
+    events_of(events, "model_output")
+        .into_iter()
+        .filter(|event| event["step_id"] == step_id)
+        .map(|event| event["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The payloads of every event of one type, in order.
+fn events_of(events: &[ExecutionEvent], kind: &str) -> Vec<serde_json::Value> {
+    events
+        .iter()
+        .map(|event| serde_json::to_value(&event.body).unwrap())
+        .filter(|body| body["event"]["type"] == kind)
+        .map(|body| body["event"].clone())
+        .collect()
+}
+
+/// A `model_call_finished` payload without its (unasserted) duration.
+fn without_duration(mut event: serde_json::Value) -> serde_json::Value {
+    assert!(event["duration_ms"].is_u64(), "{event}");
+    event.as_object_mut().unwrap().remove("duration_ms");
+    event
+}
+
 /// The `error` of the step_failed event of `step_id`.
 fn step_error(events: &[ExecutionEvent], step_id: &str) -> String {
     events
@@ -1655,7 +1687,12 @@ fn kinds_without_output(events: &[ExecutionEvent]) -> Vec<String> {
     kinds(events)
         .into_iter()
         .map(|(_, kind)| kind)
-        .filter(|kind| kind != "engine/step_output" && kind != "sandbox/resource_usage")
+        .filter(|kind| {
+            !matches!(
+                kind.as_str(),
+                "engine/step_output" | "controller/model_output" | "sandbox/resource_usage"
+            )
+        })
         .collect()
 }
 
@@ -1709,6 +1746,8 @@ async fn agent_and_bash_steps_pass_outputs_both_ways_and_no_key_reaches_the_sand
             "engine/step_completed",
             "engine/step_started",
             "engine/warning",
+            "controller/model_call_started",
+            "controller/model_call_finished",
             "engine/step_completed",
             "engine/step_started",
             "engine/step_completed",
@@ -1718,15 +1757,28 @@ async fn agent_and_bash_steps_pass_outputs_both_ways_and_no_key_reaches_the_sand
             "controller/finished",
         ]
     );
-    // Resolution notes reach watchers as warnings of the step.
-    let warnings: Vec<serde_json::Value> = events
-        .iter()
-        .map(|event| serde_json::to_value(&event.body).unwrap())
-        .filter(|body| body["event"]["type"] == "warning")
-        .map(|body| body["event"].clone())
-        .collect();
+    // The call's start and end, with the provider's exact token counts.
+    let started = events_of(&events, "model_call_started");
+    let request_id = started[0]["request_id"].clone();
     assert_eq!(
-        warnings,
+        started,
+        vec![serde_json::json!({
+            "type": "model_call_started", "step_id": "summarize", "request_id": request_id,
+            "provider": "scripted", "model": "test-model", "profile": "foundation:explorer",
+        })]
+    );
+    assert_eq!(
+        without_duration(events_of(&events, "model_call_finished").remove(0)),
+        serde_json::json!({
+            "type": "model_call_finished", "step_id": "summarize", "request_id": request_id,
+            // The model id the provider says answered (the request named `test-model`).
+            "outcome": "completed", "provider": "scripted", "model": "served-model",
+            "input_tokens": 12, "output_tokens": 5,
+        })
+    );
+    // Resolution notes reach watchers as warnings of the step.
+    assert_eq!(
+        events_of(&events, "warning"),
         vec![
             serde_json::json!({ "type": "warning", "step_id": "summarize", "message": "model role `fast` is not configured" })
         ]
@@ -1748,7 +1800,7 @@ async fn agent_and_bash_steps_pass_outputs_both_ways_and_no_key_reaches_the_sand
     assert_eq!(requests[0].body["model"], "test-model");
     assert_eq!(requests[0].body["stream"], true);
     // ...the model's answer streamed live to watchers, and into a bash step.
-    assert_eq!(output_of(&events, "summarize"), "It has three files.");
+    assert_eq!(model_output_of(&events, "summarize"), "It has three files.");
     assert_eq!(output_of(&events, "use"), "got=It has three files.");
     // The key is nowhere in the sandbox's environment or in any event.
     let environment = output_of(&events, "environment");
@@ -1853,7 +1905,7 @@ async fn cancel_mid_stream_stops_the_request_at_the_provider() {
     let execution_id = embedded.submit(ONE_AGENT).await;
     // Live tokens reach watchers while the answer is still streaming.
     embedded
-        .wait_for_event(&execution_id, "step_output", "ask")
+        .wait_for_event(&execution_id, "model_output", "ask")
         .await;
     assert_eq!(
         embedded
@@ -1872,8 +1924,22 @@ async fn cancel_mid_stream_stops_the_request_at_the_provider() {
     assert!(provider.wait_ending(0).await);
     assert_eq!(provider.requests().len(), 1);
     let events = all_events(&embedded, &execution_id).await;
-    assert!(output_of(&events, "ask").starts_with("token0 "));
-    assert!(!output_of(&events, "ask").contains("token199"));
+    assert!(model_output_of(&events, "ask").starts_with("token0 "));
+    assert!(!model_output_of(&events, "ask").contains("token199"));
+    // The call ended `cancelled`, in the events and in the store.
+    let finished = events_of(&events, "model_call_finished");
+    assert_eq!(finished.len(), 1, "{finished:?}");
+    assert_eq!(finished[0]["outcome"], "cancelled");
+    assert_eq!(finished[0]["input_tokens"], 0);
+    let calls = embedded
+        .controller
+        .launcher
+        .store
+        .model_calls(&execution_id)
+        .await
+        .unwrap();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].status, ModelCallStatus::Cancelled);
     assert_eq!(embedded.n_containers().await, 0);
     embedded.stop().await;
 }
@@ -1904,7 +1970,7 @@ async fn an_agent_step_timeout_abandons_the_call_at_the_provider() {
                 == "model call failed (Timeout): model call to provider `scripted` failed: provider call timed out",
         "{error}"
     );
-    assert!(!output_of(&events, "ask").contains("slow199"));
+    assert!(!model_output_of(&events, "ask").contains("slow199"));
     assert_eq!(embedded.n_containers().await, 0);
     embedded.stop().await;
 }
@@ -1930,7 +1996,7 @@ async fn rate_limited_then_success_is_retried() {
     );
     assert_eq!(provider.requests().len(), 3);
     let events = all_events(&embedded, &execution_id).await;
-    assert_eq!(output_of(&events, "ask"), "fine now");
+    assert_eq!(model_output_of(&events, "ask"), "fine now");
     embedded.stop().await;
 }
 
@@ -1978,23 +2044,43 @@ async fn an_exhausted_budget_fails_the_step_with_its_own_code() {
         ExecutionStatus::Failed
     );
     let events = all_events(&embedded, &execution_id).await;
-    assert_eq!(output_of(&events, "ask"), "one");
+    assert_eq!(model_output_of(&events, "ask"), "one");
+    let message = "budget_exhausted: execution max_requests is 1, used 1";
     assert_eq!(
         step_error(&events, "again"),
-        "model call failed (QuotaExceeded): budget_exhausted: execution max_requests is 1, used 1"
+        format!("model call failed (QuotaExceeded): {message}")
     );
-    // No provider call for the refused request; usage is exact.
+    // The refusal is its own event; no call started for it.
+    let refused = events_of(&events, "model_call_refused");
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["step_id"], "again");
+    assert_eq!(refused[0]["code"], "quota_exceeded");
+    assert_eq!(refused[0]["message"], message);
+    assert_eq!(events_of(&events, "model_call_started").len(), 1);
+    // No provider call for the refused request; usage is exact, and
+    // persisted: the ledger forgot the finished execution, the store not.
     assert_eq!(provider.requests().len(), 1);
+    let store = &embedded.controller.launcher.store;
+    let (total, steps) = store.model_usage_of_execution(&execution_id).await.unwrap();
+    assert_eq!(
+        (total.requests, total.input_tokens, total.output_tokens),
+        (1, 4, 1)
+    );
+    assert_eq!(steps.keys().collect::<Vec<_>>(), vec!["ask"]);
+    let calls = store.model_calls(&execution_id).await.unwrap();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].status, ModelCallStatus::Completed);
+    assert_eq!(
+        (calls[0].provider.as_str(), calls[0].model.as_str()),
+        ("scripted", "served-model")
+    );
     let gateway = &embedded.controller.launcher.gateway;
-    let usage = gateway
+    let ledger_usage = gateway
         .ledger()
         .lock()
         .unwrap()
         .execution_usage(&execution_id);
-    assert_eq!(
-        (usage.requests, usage.input_tokens, usage.output_tokens),
-        (1, 4, 1)
-    );
+    assert_eq!(ledger_usage.requests, 0);
     // The same figures in the API, in total and per step (the refused call
     // counts nothing).
     let admin = embedded
@@ -2028,6 +2114,127 @@ async fn an_exhausted_budget_fails_the_step_with_its_own_code() {
         })
     );
     embedded.stop().await;
+}
+
+const ASK_THEN_SHOW: &str = r#"name: ask-then-show
+description: An agent step whose answer a bash step prints.
+version: 1.0.0
+steps:
+  - id: ask
+    agent: self
+    prompt: say something
+    output: answer
+  - id: show
+    type: bash
+    command: printf 'got=%s' "$A"
+    env:
+      A: "{{answer}}"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_model_call_asks_again_and_the_answer_arrives_once() {
+    let provider = TestProvider::start(vec![
+        slow_stream("first"),
+        Script::stream(&["second ", "answer"], 5, 2),
+    ])
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let first = start_with_provider(root.path(), provider.openai_base_url(), |_| {}).await;
+    let execution_id = first.submit(ASK_THEN_SHOW).await;
+    first
+        .wait_for_event(&execution_id, "model_output", "ask")
+        .await;
+    let _guard = first.stop().await;
+    // The stopped controller's call ended at the provider with it.
+    assert!(provider.wait_ending(0).await);
+
+    let second = start_with_provider(root.path(), provider.openai_base_url(), |_| {}).await;
+    assert_eq!(
+        second.controller.reconciled.taken_back,
+        vec![execution_id.clone()]
+    );
+    assert_eq!(
+        second.wait_final(&execution_id).await,
+        ExecutionStatus::Succeeded
+    );
+    // The agent asked again on its new connection; the step got the second
+    // call's answer, exactly once.
+    assert_eq!(provider.requests().len(), 2);
+    let events = all_events(&second, &execution_id).await;
+    let seqs: Vec<u64> = events.iter().map(|event| event.seq).collect();
+    assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<u64>>());
+    assert_eq!(output_of(&events, "show"), "got=second answer");
+    let outcomes: Vec<serde_json::Value> = events_of(&events, "model_call_finished")
+        .into_iter()
+        .map(|event| event["outcome"].clone())
+        .collect();
+    assert_eq!(outcomes, vec!["interrupted", "completed"]);
+    assert_eq!(events_of(&events, "model_call_started").len(), 2);
+    let count = |kind: &str| {
+        kinds(&events)
+            .into_iter()
+            .filter(|(_, seen)| seen == kind)
+            .count()
+    };
+    assert_eq!(count("engine/step_completed"), 2);
+    let calls = second
+        .controller
+        .launcher
+        .store
+        .model_calls(&execution_id)
+        .await
+        .unwrap();
+    let statuses: Vec<ModelCallStatus> = calls.iter().map(|call| call.status).collect();
+    assert_eq!(
+        statuses,
+        vec![ModelCallStatus::Interrupted, ModelCallStatus::Completed]
+    );
+    assert_eq!(second.n_containers().await, 0);
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_model_budget_survives_a_controller_restart() {
+    let provider = TestProvider::start(vec![
+        Script::stream(&["once"], 3, 1),
+        Script::stream(&["twice"], 3, 1),
+    ])
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let per_user = |config: &mut Config| {
+        config.gateway.budgets.per_user.max_requests = Some(1);
+    };
+    let first = start_with_provider(root.path(), provider.openai_base_url(), per_user).await;
+    let user = first
+        .controller
+        .launcher
+        .store
+        .create_token("budgeted", false)
+        .await
+        .unwrap();
+    let execution_id = first.submit_as(&user.info.id, ONE_AGENT).await;
+    assert_eq!(
+        first.wait_final(&execution_id).await,
+        ExecutionStatus::Succeeded
+    );
+    let _guard = first.stop().await;
+
+    // A new controller on the same store still counts the first call.
+    let second = start_with_provider(root.path(), provider.openai_base_url(), per_user).await;
+    let execution_id = second.submit_as(&user.info.id, ONE_AGENT).await;
+    assert_eq!(
+        second.wait_final(&execution_id).await,
+        ExecutionStatus::Failed
+    );
+    let events = all_events(&second, &execution_id).await;
+    let refused = events_of(&events, "model_call_refused");
+    assert_eq!(refused.len(), 1, "{:?}", kinds(&events));
+    assert_eq!(
+        refused[0]["message"],
+        "budget_exhausted: user max_requests is 1, used 1"
+    );
+    assert_eq!(provider.requests().len(), 1);
+    second.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

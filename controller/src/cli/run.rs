@@ -366,6 +366,8 @@ struct View {
     spinner_idx: usize,
     /// Whether the spinner line is currently drawn (and must be cleared).
     is_drawn: bool,
+    /// Live model text not yet ended by a newline, per model request id.
+    model_lines: std::collections::BTreeMap<u64, String>,
 }
 
 const SPINNER: [&str; 10] = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"];
@@ -378,6 +380,7 @@ impl View {
             running: Vec::new(),
             spinner_idx: 0,
             is_drawn: false,
+            model_lines: std::collections::BTreeMap::new(),
         }
     }
 
@@ -395,6 +398,17 @@ impl View {
         }
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
+    }
+
+    /// One line of live model text (dimmed on a terminal).
+    fn print_model_line(&mut self, line: &str) {
+        let line = printable(line);
+        let shown = if self.is_tty {
+            format!("  \x1b[2m│ {line}\x1b[0m")
+        } else {
+            format!("  │ {line}")
+        };
+        self.print_line(&shown);
     }
 
     fn tick(&mut self) {
@@ -441,6 +455,7 @@ impl View {
                 let text = payload["text"].as_str().unwrap_or("");
                 let is_stderr = payload["stream"].as_str() == Some("stderr");
                 for line in text.lines() {
+                    let line = printable(line);
                     let shown = if is_stderr && self.is_tty {
                         format!("  \x1b[33m{line}\x1b[0m")
                     } else {
@@ -483,6 +498,56 @@ impl View {
             (EventBody::Engine(_), "output_truncated") => {
                 self.print_line(&format!("  … output of {step_id} truncated"));
             }
+            (EventBody::Controller(_), "model_call_started") => {
+                self.print_line(&format!(
+                    "· {step_id}: model {}/{} ({})",
+                    payload["provider"].as_str().unwrap_or(""),
+                    payload["model"].as_str().unwrap_or(""),
+                    payload["profile"].as_str().unwrap_or("")
+                ));
+                self.tick();
+            }
+            (EventBody::Controller(_), "model_output") => {
+                // Whole lines as they complete; the rest when the call ends.
+                let request_id = payload["request_id"].as_u64().unwrap_or(0);
+                let text = payload["text"].as_str().unwrap_or("");
+                let pending = self.model_lines.entry(request_id).or_default();
+                pending.push_str(text);
+                let mut lines = Vec::new();
+                while let Some(end) = pending.find('\n') {
+                    lines.push(pending[..end].to_owned());
+                    pending.drain(..=end);
+                }
+                for line in lines {
+                    self.print_model_line(&line);
+                }
+                self.tick();
+            }
+            (EventBody::Controller(_), "model_call_finished") => {
+                let request_id = payload["request_id"].as_u64().unwrap_or(0);
+                if let Some(rest) = self.model_lines.remove(&request_id)
+                    && !rest.is_empty()
+                {
+                    self.print_model_line(&rest);
+                }
+                let ms = payload["duration_ms"].as_u64().unwrap_or(0);
+                let detail = match payload["outcome"].as_str().unwrap_or("") {
+                    "completed" => format!(
+                        "{} in / {} out tokens",
+                        payload["input_tokens"], payload["output_tokens"]
+                    ),
+                    other => format!("{other}: {}", payload["message"].as_str().unwrap_or("")),
+                };
+                self.print_line(&format!(
+                    "· {step_id}: model call {detail} ({:.1}s)",
+                    ms as f64 / 1000.0
+                ));
+                self.tick();
+            }
+            (EventBody::Controller(_), "model_call_refused") => {
+                let message = payload["message"].as_str().unwrap_or("");
+                self.print_line(&format!("✗ {step_id}: model call refused: {message}"));
+            }
             (EventBody::Sandbox(_), "artifact_stored") => {
                 let name = payload["name"].as_str().unwrap_or("");
                 self.print_line(&format!(
@@ -517,3 +582,24 @@ impl View {
         ));
     }
 }
+
+/// `line` with control characters (escape sequences included) shown as
+/// `\u{..}` escapes: recipe and model output must not drive the terminal.
+fn printable(line: &str) -> std::borrow::Cow<'_, str> {
+    if !line.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut shown = String::with_capacity(line.len() + 8);
+    for c in line.chars() {
+        if c.is_control() && c != '\t' {
+            shown.extend(c.escape_unicode());
+        } else {
+            shown.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(shown)
+}
+
+#[cfg(test)]
+#[path = "run_tests.rs"]
+mod tests;

@@ -71,6 +71,8 @@ pub enum CallError {
     #[error("model call to provider `{provider}` failed: {error}")]
     Provider {
         provider: String,
+        /// The model id last tried at `provider`.
+        model: String,
         error: ProviderError,
     },
 }
@@ -159,7 +161,8 @@ impl Gateway {
         &self.ledger
     }
 
-    /// One model call for an agent step.
+    /// One model call for an agent step: [`Gateway::admit`] then
+    /// [`Gateway::stream`].
     pub async fn call(
         &self,
         scope: &CallScope,
@@ -168,6 +171,19 @@ impl Gateway {
         on_chunk: &mut (dyn FnMut(&str) + Send),
         on_retry: &mut (dyn FnMut(&RetryNotice) + Send),
     ) -> Result<CallOutcome, CallError> {
+        let resolution = self.admit(scope, input)?;
+        self.stream(scope, resolution, cancel, on_chunk, on_retry)
+            .await
+    }
+
+    /// Resolve the call and check the budgets, which count it as one
+    /// request from here on; `max_tokens` is capped to the output tokens
+    /// still allowed. Nothing is sent yet.
+    pub fn admit(
+        &self,
+        scope: &CallScope,
+        input: &ResolveInput<'_>,
+    ) -> Result<Resolution, CallError> {
         let mut resolution = resolve(&self.config, &self.profiles, input)?;
         let allowance = {
             let mut ledger = self.ledger.lock().expect("budget ledger lock poisoned");
@@ -179,8 +195,20 @@ impl Gateway {
             let params = &mut resolution.request.parameters;
             params.max_tokens = Some(params.max_tokens.map_or(allowance, |n| n.min(allowance)));
         }
-        // The chosen target, then the same level's fallbacks while the
-        // provider is down or failing and nothing was streamed yet.
+        Ok(resolution)
+    }
+
+    /// Send an admitted call: the chosen target, then the same level's
+    /// fallbacks while the provider is down or failing and nothing was
+    /// streamed yet; the usage is recorded in the ledger.
+    pub async fn stream(
+        &self,
+        scope: &CallScope,
+        mut resolution: Resolution,
+        cancel: &CancellationToken,
+        on_chunk: &mut (dyn FnMut(&str) + Send),
+        on_retry: &mut (dyn FnMut(&RetryNotice) + Send),
+    ) -> Result<CallOutcome, CallError> {
         let mut targets = std::iter::once(Target {
             provider: resolution.request.provider.clone(),
             model: resolution.request.model.clone(),
@@ -231,6 +259,7 @@ impl Gateway {
                     }
                     return Err(CallError::Provider {
                         provider: target.provider,
+                        model: target.model,
                         error,
                     });
                 }

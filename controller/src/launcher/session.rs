@@ -24,8 +24,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use protocol::{
     AgentMessage, ApprovalChoice, ArtifactChunk, ArtifactRejectReason, ControllerEvent,
-    ControllerMessage, EngineEvent, EventBody, Job, ModelErrorCode, ModelRequest, ModelResponse,
-    ModelResponseBody, Outcome, SandboxEvent,
+    ControllerMessage, EngineEvent, EventBody, Job, ModelCallOutcome, ModelErrorCode, ModelRequest,
+    ModelResponse, ModelResponseBody, Outcome, SandboxEvent,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -34,10 +34,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::control::{Command, Control};
 use crate::agent_link::{Accepted, Admission, AgentConnection, LinkEndpoint, LinkError, Received};
-use crate::gateway::{CallError, CallScope, ChunkBatcher, Gateway, ProviderError, ResolveInput};
+use crate::gateway::{
+    CallError, CallScope, ChunkBatcher, Gateway, ProviderError, ResolveInput, Usage,
+};
 use crate::relay::{Relay, RelayError};
 use crate::sandbox::{ContainerHandle, ExitReport, Sandbox, SandboxError};
-use crate::store::{ApprovalDecision, AuditEntry, NewApproval, Store, StoreError};
+use crate::store::{
+    ApprovalDecision, AuditEntry, ModelCallEnd, ModelCallStatus, NewApproval, NewModelCall, Store,
+    StoreError,
+};
 
 /// Most messages read before one batched store write.
 pub const MAX_BATCH: usize = 256;
@@ -53,6 +58,9 @@ pub const MAX_MODEL_CALLS_IN_FLIGHT: usize = 16;
 /// Most answered model calls remembered (to answer a request the agent
 /// resends after a reconnect); the oldest are forgotten first.
 pub const MAX_MODEL_ANSWERS_KEPT: usize = 32;
+/// When the container stops, how long cancelled model calls get to report
+/// their own ending before they are recorded `interrupted`.
+pub const MODEL_CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Live token batches: flushed at this size...
 pub const LIVE_MIN_BYTES: usize = 256;
 /// ...never larger than this...
@@ -69,7 +77,8 @@ pub struct SessionParts {
     pub relay: Relay,
     pub handle: ContainerHandle,
     pub commands: mpsc::Receiver<Command>,
-    /// Sent after the first (token) Welcome; None when taking an agent back.
+    /// Sent on each connection until the agent's first reliable message;
+    /// None when taking an agent back.
     pub job: Option<Job>,
     /// The agent's last wire seq we persisted (0 for a new execution).
     pub last_acked_seq: u64,
@@ -118,8 +127,18 @@ struct Gate {
     decision: Option<protocol::ApprovalDecision>,
 }
 
-/// What a model call task tells the session loop.
+/// What a model call task tells the session loop, in this order:
+/// `Started` (or straight to `Finished` when refused), `Tokens`, `Note`s,
+/// `Finished`.
 enum ModelUpdate {
+    /// Admitted (resolved, within budget): the provider call starts.
+    Started {
+        request_id: u64,
+        step_id: String,
+        provider: String,
+        model: String,
+        profile: String,
+    },
     /// A batch of streamed answer text.
     Tokens {
         request_id: u64,
@@ -128,10 +147,12 @@ enum ModelUpdate {
     },
     /// A note from resolution (a dropped override, a fallback).
     Note { step_id: String, message: String },
-    /// The call is over: the final response, or None when it was cancelled
-    /// (the agent no longer waits for it).
+    /// The call is over: `event` says how (`model_call_finished` or
+    /// `model_call_refused`); `body` is the final response, or None when it
+    /// was cancelled (the agent no longer waits for it).
     Finished {
         request_id: u64,
+        event: ControllerEvent,
         body: Option<ModelResponseBody>,
     },
 }
@@ -142,9 +163,21 @@ enum ModelCall {
         cancel: CancellationToken,
         /// The agent asked for `chunk` responses.
         wants_chunks: bool,
+        /// Set once the call is admitted and sent to the provider.
+        started: Option<StartedCall>,
     },
     /// Kept to answer the same request again after a reconnect.
     Answered { body: ModelResponseBody },
+}
+
+/// A model call at the provider: what its ending must name.
+struct StartedCall {
+    /// Its row in the store.
+    row_id: i64,
+    step_id: String,
+    provider: String,
+    model: String,
+    at: Instant,
 }
 
 /// An artifact being received, chunk by chunk, in memory (bounded).
@@ -244,6 +277,7 @@ pub async fn run(parts: SessionParts, shutdown: CancellationToken) -> Ending {
                 if let Some(connection) = session.connection.take() {
                     connection.close_normal("controller_shutdown").await;
                 }
+                session.close_model_calls(false).await;
                 return Ending::Detached;
             }
             Wake::ContainerStopped(exit) => return session.finish(exit).await,
@@ -282,6 +316,7 @@ pub async fn run(parts: SessionParts, shutdown: CancellationToken) -> Ending {
         if let Err(detail) = step {
             tracing::error!(%detail, "execution session failed");
             session.kill.cancel();
+            session.close_model_calls(false).await;
             if let Some(connection) = session.connection.take() {
                 connection.close_normal("controller_error").await;
             }
@@ -386,8 +421,12 @@ impl Session {
         self.connection = Some(*connection);
         self.last_heard = Instant::now();
         tracing::info!(?admission, "agent connected");
-        if admission == Admission::Fresh
-            && let Some(job) = self.parts.job.take()
+        // The job goes on every connection until the agent's first reliable
+        // message shows it arrived: a connection lost right after the
+        // Welcome must not leave the agent waiting for it until the deadline
+        // (the agent ignores a second copy).
+        if self.next_agent_seq == 1
+            && let Some(job) = self.parts.job.clone()
         {
             self.send(ControllerMessage::Job(Box::new(job))).await;
         }
@@ -477,19 +516,19 @@ impl Session {
         self.flush(batch).await
     }
 
-    /// Persist, publish (inside the relay), record the acked position, ack.
+    /// Persist the batch and the acked position in one transaction, publish
+    /// (inside the relay), then ack: a crash in between makes the agent
+    /// resend exactly what was not stored.
     async fn flush(&mut self, batch: Vec<EventBody>) -> Result<(), String> {
-        if !batch.is_empty() {
-            self.parts.relay.record(batch).await.map_err(relay_error)?;
-        }
         let acked = self.next_agent_seq - 1;
-        if acked > 0 {
-            self.parts
-                .store
-                .record_acked_seq(self.execution_id(), acked)
-                .await
-                .map_err(store_error)?;
-            self.send(ControllerMessage::Ack { seq: acked }).await;
+        let acked_seq = (acked > 0).then_some(acked);
+        self.parts
+            .relay
+            .record_and_ack(batch, acked_seq)
+            .await
+            .map_err(relay_error)?;
+        if let Some(seq) = acked_seq {
+            self.send(ControllerMessage::Ack { seq }).await;
         }
         Ok(())
     }
@@ -562,7 +601,7 @@ impl Session {
                 self.on_approval_request(request).await.map(Ok)
             }
             AgentMessage::ModelRequest(request) => {
-                self.on_model_request(request).await;
+                self.on_model_request(*request).await?;
                 Ok(Ok(()))
             }
         }
@@ -585,6 +624,8 @@ impl Session {
             return Err(format!("message {seq} after done"));
         }
         self.next_agent_seq += 1;
+        // The agent has its job: it is never sent again.
+        self.parts.job = None;
         Ok(true)
     }
 
@@ -833,12 +874,12 @@ impl Session {
 
     /// A model request: answered again if known, else one gateway call in
     /// its own task.
-    async fn on_model_request(&mut self, request: ModelRequest) {
+    async fn on_model_request(&mut self, request: ModelRequest) -> Result<(), String> {
         let request_id = request.request_id;
         match self.models.get(&request_id) {
             // Resent after a reconnect while the call still runs: the
             // answer comes when it is ready.
-            Some(ModelCall::Running { .. }) => return,
+            Some(ModelCall::Running { .. }) => return Ok(()),
             Some(ModelCall::Answered { body }) => {
                 let body = body.clone();
                 self.send(ControllerMessage::ModelResponse(ModelResponse {
@@ -846,13 +887,13 @@ impl Session {
                     body,
                 }))
                 .await;
-                return;
+                return Ok(());
             }
             None => {}
         }
         if self.cancel_requested {
             // The run is being cancelled: no new provider call (nor budget).
-            return;
+            return Ok(());
         }
         let n_running = self
             .models
@@ -860,18 +901,21 @@ impl Session {
             .filter(|call| matches!(call, ModelCall::Running { .. }))
             .count();
         if n_running >= MAX_MODEL_CALLS_IN_FLIGHT {
-            let body = ModelResponseBody::Error {
-                code: ModelErrorCode::InvalidRequest,
-                message: format!(
-                    "too many model calls in flight (at most {MAX_MODEL_CALLS_IN_FLIGHT})"
-                ),
-            };
-            self.send(ControllerMessage::ModelResponse(ModelResponse {
-                request_id,
-                body,
-            }))
-            .await;
-            return;
+            let code = ModelErrorCode::InvalidRequest;
+            let message =
+                format!("too many model calls in flight (at most {MAX_MODEL_CALLS_IN_FLIGHT})");
+            return self
+                .on_model_update(ModelUpdate::Finished {
+                    request_id,
+                    event: ControllerEvent::ModelCallRefused {
+                        step_id: request.step_id,
+                        request_id,
+                        code,
+                        message: message.clone(),
+                    },
+                    body: Some(ModelResponseBody::Error { code, message }),
+                })
+                .await;
         }
         let cancel = self.kill.child_token();
         self.models.insert(
@@ -879,6 +923,7 @@ impl Session {
             ModelCall::Running {
                 cancel: cancel.clone(),
                 wants_chunks: request.stream,
+                started: None,
             },
         );
         let scope = CallScope {
@@ -893,10 +938,52 @@ impl Session {
             run_model_call(gateway, scope, request, cancel, updates),
             span,
         ));
+        Ok(())
     }
 
     async fn on_model_update(&mut self, update: ModelUpdate) -> Result<(), String> {
         match update {
+            ModelUpdate::Started {
+                request_id,
+                step_id,
+                provider,
+                model,
+                profile,
+            } => {
+                let call = NewModelCall {
+                    execution_id: self.execution_id().to_owned(),
+                    request_id,
+                    step_id: step_id.clone(),
+                    user_id: self.parts.owner_token_id.clone(),
+                    provider: provider.clone(),
+                    model: model.clone(),
+                    profile: profile.clone(),
+                    started_at_ms: crate::store::now_ms(),
+                };
+                let row_id = self
+                    .parts
+                    .store
+                    .begin_model_call(&call)
+                    .await
+                    .map_err(store_error)?;
+                if let Some(ModelCall::Running { started, .. }) = self.models.get_mut(&request_id) {
+                    *started = Some(StartedCall {
+                        row_id,
+                        step_id: step_id.clone(),
+                        provider: provider.clone(),
+                        model: model.clone(),
+                        at: Instant::now(),
+                    });
+                }
+                self.record(ControllerEvent::ModelCallStarted {
+                    step_id,
+                    request_id,
+                    provider,
+                    model,
+                    profile,
+                })
+                .await
+            }
             ModelUpdate::Tokens {
                 request_id,
                 step_id,
@@ -914,12 +1001,9 @@ impl Session {
                     }))
                     .await;
                 }
-                // No protocol event carries model text, so live tokens are the
-                // agent step's `step_output` (stdout); they count against the
-                // execution's output cap like any other output.
-                self.record_engine(EngineEvent::StepOutput {
+                self.record(ControllerEvent::ModelOutput {
                     step_id,
-                    stream: recipe::event::OutputStream::Stdout,
+                    request_id,
                     text,
                 })
                 .await
@@ -931,7 +1015,26 @@ impl Session {
                 })
                 .await
             }
-            ModelUpdate::Finished { request_id, body } => {
+            ModelUpdate::Finished {
+                request_id,
+                event,
+                body,
+            } => {
+                let row_id = match self.models.get(&request_id) {
+                    Some(ModelCall::Running {
+                        started: Some(started),
+                        ..
+                    }) => Some(started.row_id),
+                    _ => None,
+                };
+                if let (Some(id), Some(end)) = (row_id, model_call_end(&event)) {
+                    self.parts
+                        .store
+                        .finish_model_call(id, &end)
+                        .await
+                        .map_err(store_error)?;
+                }
+                self.record(event).await?;
                 let Some(body) = body else {
                     self.models.remove(&request_id);
                     return Ok(());
@@ -949,6 +1052,15 @@ impl Session {
         }
     }
 
+    /// Persist and publish one controller event.
+    async fn record(&mut self, event: ControllerEvent) -> Result<(), String> {
+        self.parts
+            .relay
+            .record_controller(event)
+            .await
+            .map_err(relay_error)
+    }
+
     /// Persist and publish one engine event the controller produces.
     async fn record_engine(&mut self, event: EngineEvent) -> Result<(), String> {
         self.parts
@@ -957,6 +1069,81 @@ impl Session {
             .await
             .map_err(relay_error)?;
         Ok(())
+    }
+
+    /// Ends every model call still running when the session ends, so none
+    /// stays `running` in the store or open in the events. The calls are
+    /// cancelled; with `wait` (the container stopped) their own endings are
+    /// recorded, bounded by [`MODEL_CLOSE_GRACE`]; what is left (or
+    /// everything, when the controller stops and an agent taken back will
+    /// ask again) is recorded `interrupted`. Best effort: the session is
+    /// over, so failures are logged, not returned.
+    async fn close_model_calls(&mut self, wait: bool) {
+        for call in self.models.values() {
+            if let ModelCall::Running { cancel, .. } = call {
+                cancel.cancel();
+            }
+        }
+        let is_running = |models: &BTreeMap<u64, ModelCall>| {
+            models
+                .values()
+                .any(|call| matches!(call, ModelCall::Running { .. }))
+        };
+        let deadline = Instant::now() + MODEL_CLOSE_GRACE;
+        while wait && is_running(&self.models) {
+            let Ok(Some(update)) =
+                tokio::time::timeout_at(deadline, self.model_updates.recv()).await
+            else {
+                break;
+            };
+            if let Err(detail) = self.on_model_update(update).await {
+                tracing::warn!(%detail, "cannot record a model call's ending");
+                break;
+            }
+        }
+        self.model_tasks.abort_all();
+        let models = std::mem::take(&mut self.models);
+        for (request_id, call) in models {
+            let ModelCall::Running {
+                started: Some(started),
+                ..
+            } = call
+            else {
+                continue;
+            };
+            let end = ModelCallEnd {
+                status: ModelCallStatus::Interrupted,
+                provider: None,
+                model: None,
+                error_code: None,
+                input_tokens: 0,
+                output_tokens: 0,
+                finished_at_ms: crate::store::now_ms(),
+            };
+            if let Err(error) = self
+                .parts
+                .store
+                .finish_model_call(started.row_id, &end)
+                .await
+            {
+                tracing::warn!(%error, "cannot record an interrupted model call");
+            }
+            let event = ControllerEvent::ModelCallFinished {
+                step_id: started.step_id,
+                request_id,
+                outcome: ModelCallOutcome::Interrupted,
+                provider: started.provider,
+                model: started.model,
+                code: None,
+                message: Some("the call ended with its session".to_owned()),
+                input_tokens: 0,
+                output_tokens: 0,
+                duration_ms: u64::try_from(started.at.elapsed().as_millis()).unwrap_or(u64::MAX),
+            };
+            if let Err(detail) = self.record(event).await {
+                tracing::warn!(%detail, "cannot record an interrupted model call");
+            }
+        }
     }
 
     fn forget_old_answers(&mut self) {
@@ -1007,6 +1194,7 @@ impl Session {
         }
         // Drop the stream now (engineering-facts: never keep it while waiting).
         self.connection = None;
+        self.close_model_calls(true).await;
         match exit {
             Ok(exit) => Ending::Exited {
                 exit,
@@ -1021,8 +1209,9 @@ impl Session {
     }
 }
 
-/// One model call: resolve, budget, stream from the provider (token
-/// batches to the loop as they come), then the final response.
+/// One model call: admit (resolve, budget), stream from the provider (token
+/// batches to the loop as they come), then the final response. Every update
+/// goes to the session loop, which persists and publishes it.
 async fn run_model_call(
     gateway: Arc<Gateway>,
     scope: CallScope,
@@ -1031,8 +1220,48 @@ async fn run_model_call(
     updates: mpsc::UnboundedSender<ModelUpdate>,
 ) {
     let request_id = request.request_id;
+    let step_id = scope.step_id.clone();
     let mut notes = Vec::new();
     let input = ResolveInput::from_model_request(&request, &mut notes);
+    let send_notes = |notes: Vec<String>| {
+        for message in notes {
+            let _ = updates.send(ModelUpdate::Note {
+                step_id: step_id.clone(),
+                message,
+            });
+        }
+    };
+    let resolution = match gateway.admit(&scope, &input) {
+        Ok(resolution) => resolution,
+        Err(error) => {
+            tracing::info!(code = ?error.code(), %error, "model call refused");
+            send_notes(notes);
+            let _ = updates.send(ModelUpdate::Finished {
+                request_id,
+                event: ControllerEvent::ModelCallRefused {
+                    step_id: step_id.clone(),
+                    request_id,
+                    code: error.code(),
+                    message: error.to_string(),
+                },
+                body: Some(error.to_wire()),
+            });
+            return;
+        }
+    };
+    // Notes about what the step asked for come before the call; notes
+    // added while streaming (fallbacks) after it.
+    let n_notes = resolution.notes.len();
+    send_notes(std::mem::take(&mut notes));
+    send_notes(resolution.notes.clone());
+    let _ = updates.send(ModelUpdate::Started {
+        request_id,
+        step_id: step_id.clone(),
+        provider: resolution.request.provider.clone(),
+        model: resolution.request.model.clone(),
+        profile: resolution.profile.clone(),
+    });
+    let started = Instant::now();
     let batcher = std::sync::Mutex::new(ChunkBatcher::new(
         LIVE_MIN_BYTES,
         LIVE_MAX_BYTES,
@@ -1042,7 +1271,7 @@ async fn run_model_call(
         for text in batches {
             let _ = updates.send(ModelUpdate::Tokens {
                 request_id,
-                step_id: scope.step_id.clone(),
+                step_id: step_id.clone(),
                 text,
             });
         }
@@ -1062,7 +1291,11 @@ async fn run_model_call(
             "model call retried"
         );
     };
-    let call = gateway.call(&scope, &input, &cancel, &mut on_chunk, &mut on_retry);
+    let (first_provider, first_model) = (
+        resolution.request.provider.clone(),
+        resolution.request.model.clone(),
+    );
+    let call = gateway.stream(&scope, resolution, &cancel, &mut on_chunk, &mut on_retry);
     tokio::pin!(call);
     let result = loop {
         let deadline = batcher
@@ -1086,17 +1319,20 @@ async fn run_model_call(
         .finish();
     send_tokens(rest.into_iter().collect());
     if let Ok(outcome) = &result {
-        notes.extend(outcome.resolution.notes.iter().cloned());
+        send_notes(
+            outcome
+                .resolution
+                .notes
+                .iter()
+                .skip(n_notes)
+                .cloned()
+                .collect(),
+        );
     }
-    for message in notes {
-        let _ = updates.send(ModelUpdate::Note {
-            step_id: scope.step_id.clone(),
-            message,
-        });
-    }
-    let body = match result {
+    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let (outcome, provider, model, usage, error, body) = match result {
         Ok(outcome) => {
-            let usage = &outcome.completion.usage;
+            let usage = outcome.completion.usage;
             tracing::info!(
                 provider = %outcome.resolution.request.provider,
                 model = %outcome.completion.model,
@@ -1104,21 +1340,111 @@ async fn run_model_call(
                 output_tokens = usage.output_tokens,
                 "model call completed"
             );
-            Some(outcome.to_wire())
-        }
-        Err(CallError::Provider {
-            error: ProviderError::Cancelled,
-            ..
-        }) => {
-            tracing::info!("model call cancelled");
-            None
+            let body = Some(outcome.to_wire());
+            let provider = outcome.resolution.request.provider;
+            (
+                ModelCallOutcome::Completed,
+                provider,
+                outcome.completion.model,
+                usage,
+                None,
+                body,
+            )
         }
         Err(error) => {
-            tracing::info!(code = ?error.code(), %error, "model call failed");
-            Some(error.to_wire())
+            let (provider, model) = match &error {
+                CallError::Provider {
+                    provider, model, ..
+                } => (provider.clone(), model.clone()),
+                _ => (first_provider, first_model),
+            };
+            let is_cancelled = matches!(
+                error,
+                CallError::Provider {
+                    error: ProviderError::Cancelled,
+                    ..
+                }
+            );
+            if is_cancelled {
+                // Nobody waits for an answer any more.
+                tracing::info!("model call cancelled");
+                let outcome = ModelCallOutcome::Cancelled;
+                (
+                    outcome,
+                    provider,
+                    model,
+                    Usage::default(),
+                    Some(error),
+                    None,
+                )
+            } else {
+                tracing::info!(code = ?error.code(), %error, "model call failed");
+                let body = Some(error.to_wire());
+                let outcome = ModelCallOutcome::Failed;
+                (
+                    outcome,
+                    provider,
+                    model,
+                    Usage::default(),
+                    Some(error),
+                    body,
+                )
+            }
         }
     };
-    let _ = updates.send(ModelUpdate::Finished { request_id, body });
+    let event = ControllerEvent::ModelCallFinished {
+        step_id: step_id.clone(),
+        request_id,
+        outcome,
+        provider,
+        model,
+        code: error.as_ref().map(CallError::code),
+        message: error.as_ref().map(ToString::to_string),
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        duration_ms,
+    };
+    let _ = updates.send(ModelUpdate::Finished {
+        request_id,
+        event,
+        body,
+    });
+}
+
+/// What the store keeps of a finished call (None for a refused one, which
+/// has no row).
+fn model_call_end(event: &ControllerEvent) -> Option<ModelCallEnd> {
+    let ControllerEvent::ModelCallFinished {
+        outcome,
+        provider,
+        model,
+        code,
+        input_tokens,
+        output_tokens,
+        ..
+    } = event
+    else {
+        return None;
+    };
+    Some(ModelCallEnd {
+        status: match outcome {
+            ModelCallOutcome::Completed => ModelCallStatus::Completed,
+            ModelCallOutcome::Failed => ModelCallStatus::Failed,
+            ModelCallOutcome::Cancelled => ModelCallStatus::Cancelled,
+            ModelCallOutcome::Interrupted => ModelCallStatus::Interrupted,
+        },
+        provider: Some(provider.clone()),
+        model: Some(model.clone()),
+        error_code: code.map(|code| {
+            serde_json::to_value(code)
+                .ok()
+                .and_then(|value| value.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        }),
+        input_tokens: *input_tokens,
+        output_tokens: *output_tokens,
+        finished_at_ms: crate::store::now_ms(),
+    })
 }
 
 fn protocol_reason(error: &LinkError) -> &'static str {

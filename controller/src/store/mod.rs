@@ -423,6 +423,10 @@ pub struct NewModelCall {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelCallEnd {
     pub status: ModelCallStatus,
+    /// The provider and model that answered, when a fallback changed them
+    /// (None keeps what the call started with).
+    pub provider: Option<String>,
+    pub model: Option<String>,
     pub error_code: Option<String>,
     pub input_tokens: u64,
     pub output_tokens: u64,

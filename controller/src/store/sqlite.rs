@@ -735,7 +735,8 @@ impl SqliteStore {
         }
         let result = sqlx::query(
             "UPDATE model_calls
-             SET status = ?2, error_code = ?3, input_tokens = ?4, output_tokens = ?5, finished_at_ms = ?6
+             SET status = ?2, error_code = ?3, input_tokens = ?4, output_tokens = ?5, finished_at_ms = ?6,
+                 provider = COALESCE(?7, provider), model = COALESCE(?8, model)
              WHERE id = ?1 AND status = 'running'",
         )
         .bind(id)
@@ -744,6 +745,8 @@ impl SqliteStore {
         .bind(to_i64(end.input_tokens))
         .bind(to_i64(end.output_tokens))
         .bind(end.finished_at_ms)
+        .bind(&end.provider)
+        .bind(&end.model)
         .execute(&self.pool)
         .await?;
         if result.rows_affected() == 1 {

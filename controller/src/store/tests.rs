@@ -723,6 +723,8 @@ fn call_end(
 ) -> ModelCallEnd {
     ModelCallEnd {
         status,
+        provider: None,
+        model: None,
         error_code: error_code.map(str::to_string),
         input_tokens,
         output_tokens,
@@ -941,6 +943,37 @@ async fn a_model_call_ends_once_and_only_with_a_final_status() {
     assert!(
         matches!(orphan, Err(StoreError::ExecutionNotFound { ref execution_id }) if execution_id == "ex_nope"),
         "{orphan:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_fallback_provider_at_the_end_replaces_the_one_the_call_started_with() {
+    let t = fresh().await;
+    let ex = t.execution("alice").await;
+    let kept = record_call(
+        &t.store,
+        model_call(&ex.id, 1, "ask", "alice", "openai", "gpt-x"),
+        Some(call_end(ModelCallStatus::Completed, None, 1, 1)),
+    )
+    .await;
+    let fell_back = record_call(
+        &t.store,
+        model_call(&ex.id, 2, "ask", "alice", "openai", "gpt-x"),
+        None,
+    )
+    .await;
+    let mut end = call_end(ModelCallStatus::Completed, None, 2, 3);
+    end.provider = Some("backup".to_string());
+    end.model = Some("small".to_string());
+    t.store.finish_model_call(fell_back, &end).await.unwrap();
+    let rows = t.store.model_calls(&ex.id).await.unwrap();
+    let named: Vec<(i64, &str, &str)> = rows
+        .iter()
+        .map(|row| (row.id, row.provider.as_str(), row.model.as_str()))
+        .collect();
+    assert_eq!(
+        named,
+        vec![(kept, "openai", "gpt-x"), (fell_back, "backup", "small")]
     );
 }
 
