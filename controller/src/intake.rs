@@ -253,18 +253,6 @@ pub fn check_recipe_files_with_agents(
     all
 }
 
-/// [`check_recipe_files_with_agents`] against the built-in profiles' names.
-/// Transitional, for callers that do not pass the server's agents yet: it
-/// ignores the operator's `gateway.profiles_dir`.
-pub fn check_recipe_files(
-    main_file: &str,
-    source: &str,
-    files: &BTreeMap<String, String>,
-    gallery_files: &[String],
-) -> Vec<FileDiagnostic> {
-    check_recipe_files_with_agents(main_file, source, files, gallery_files, &BUILTIN_AGENTS)
-}
-
 /// The agent names the built-in profiles answer to.
 static BUILTIN_AGENTS: LazyLock<Vec<String>> =
     LazyLock::new(|| AgentProfiles::builtin().known_agents());
@@ -362,18 +350,6 @@ fn collect_agent_steps(steps: &[Step], prefix: &str, found: &mut Vec<(String, St
             found.push((step.id.clone(), path, step.span));
         }
     }
-}
-
-/// [`check_submission_with_agents`] against the built-in profiles' names.
-/// Transitional, for callers that do not pass the server's agents yet: it
-/// ignores the operator's `gateway.profiles_dir`.
-pub fn check_submission(
-    config: &Config,
-    gallery: &Gallery,
-    submission: Submission,
-    owner_token_id: &str,
-) -> Result<Accepted, IntakeError> {
-    check_submission_with_agents(config, gallery, &BUILTIN_AGENTS, submission, owner_token_id)
 }
 
 /// Checks a submission for `owner_token_id`: sizes, class, gallery, recipe

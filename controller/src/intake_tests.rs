@@ -25,6 +25,38 @@ fn gallery_dir() -> tempfile::TempDir {
     dir
 }
 
+/// [`check_submission_with_agents`] against the built-in profiles.
+fn check_submission(
+    config: &Config,
+    gallery: &Gallery,
+    submission: Submission,
+    owner_token_id: &str,
+) -> Result<Accepted, IntakeError> {
+    check_submission_with_agents(
+        config,
+        gallery,
+        &known_agents_of(None),
+        submission,
+        owner_token_id,
+    )
+}
+
+/// [`check_recipe_files_with_agents`] against the built-in profiles.
+fn check_recipe_files(
+    main_file: &str,
+    source: &str,
+    files: &BTreeMap<String, String>,
+    gallery_files: &[String],
+) -> Vec<FileDiagnostic> {
+    check_recipe_files_with_agents(
+        main_file,
+        source,
+        files,
+        gallery_files,
+        &known_agents_of(None),
+    )
+}
+
 fn submission(recipe: &str) -> Submission {
     Submission {
         recipe: Some(recipe.to_string()),

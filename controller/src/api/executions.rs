@@ -315,9 +315,10 @@ pub async fn submit(
     let config = state.shared_config();
     let gallery = state.gallery().clone();
     let owner = caller.token.id.clone();
+    let known_agents = intake::known_agents_of(state.gateway().map(AsRef::as_ref));
     // recipe::check and the gallery reads are CPU and file work: off the async threads.
     let accepted = tokio::task::spawn_blocking(move || {
-        intake::check_submission(&config, &gallery, submission, &owner)
+        intake::check_submission_with_agents(&config, &gallery, &known_agents, submission, &owner)
     })
     .await
     .map_err(|err| ApiError::internal(&err))??;
@@ -658,11 +659,17 @@ pub async fn validate(
     intake::check_sizes(state.config(), Some(&body.recipe), None, &body.files)?;
     let gallery = state.gallery().clone();
     let has_providers = state.config().gateway.has_providers();
+    let known_agents = intake::known_agents_of(state.gateway().map(AsRef::as_ref));
     let diagnostics = tokio::task::spawn_blocking(
         move || -> Result<Vec<FileDiagnostic>, intake::IntakeError> {
             let gallery_files = gallery.file_names()?;
-            let mut diagnostics =
-                intake::check_recipe_files("recipe", &body.recipe, &body.files, &gallery_files);
+            let mut diagnostics = intake::check_recipe_files_with_agents(
+                "recipe",
+                &body.recipe,
+                &body.files,
+                &gallery_files,
+                &known_agents,
+            );
             if !has_providers {
                 // Validation judges the recipe; the server's missing
                 // provider is only a warning here (submitting refuses it).
