@@ -2116,6 +2116,96 @@ async fn an_exhausted_budget_fails_the_step_with_its_own_code() {
     embedded.stop().await;
 }
 
+const SELECTION: &str = r#"name: selection
+description: The step's whole model selection crosses the wire.
+version: 1.0.0
+steps:
+  - id: by-class
+    agent: self
+    prompt: think hard
+    provider_preferences:
+      - class: reasoning
+    agent_config:
+      temperature: 0.25
+      tools: [shell]
+  - id: by-role
+    agent: self
+    prompt: code it
+    model_role: coding
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn class_entries_model_roles_and_agent_config_reach_the_provider_from_the_sandbox() {
+    let provider = TestProvider::start(vec![
+        Script::stream(&["deep"], 2, 1),
+        Script::stream(&["quick"], 2, 1),
+    ])
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let embedded = start_with_provider(root.path(), provider.openai_base_url(), |config| {
+        let scripted = &mut config.gateway.providers[0];
+        scripted.models = [
+            ("big".to_owned(), "big-model".to_owned()),
+            ("fast".to_owned(), "small-model".to_owned()),
+        ]
+        .into();
+        let reasoning: controller::gateway::config::ModelTarget =
+            serde_json::from_value(serde_json::json!({ "provider": "scripted", "model": "big" }))
+                .unwrap();
+        config
+            .gateway
+            .classes
+            .insert("reasoning".to_owned(), reasoning);
+        let coding = serde_json::from_value(
+            serde_json::json!([{ "provider": "scripted", "model": "fast" }]),
+        )
+        .unwrap();
+        config.gateway.roles.insert("coding".to_owned(), coding);
+    })
+    .await;
+    let execution_id = embedded.submit(SELECTION).await;
+    assert_eq!(
+        embedded.wait_final(&execution_id).await,
+        ExecutionStatus::Succeeded
+    );
+    let requests = provider.requests();
+    assert_eq!(requests.len(), 2);
+    // The class entry chose the class's model, with the allowed override.
+    assert_eq!(requests[0].body["model"], "big-model");
+    assert_eq!(requests[0].body["temperature"], 0.25);
+    assert!(
+        requests[0].body.get("tools").is_none(),
+        "{}",
+        requests[0].body
+    );
+    // The role's entry chose the alias's model.
+    assert_eq!(requests[1].body["model"], "small-model");
+    let events = all_events(&embedded, &execution_id).await;
+    let warnings: Vec<(String, String)> = events_of(&events, "warning")
+        .into_iter()
+        .map(|event| {
+            (
+                event["step_id"].as_str().unwrap().to_owned(),
+                event["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        warnings,
+        vec![(
+            "by-class".to_owned(),
+            "agent_config.tools ignored: only temperature, max_tokens, top_p can be overridden"
+                .to_owned()
+        ),]
+    );
+    let started: Vec<serde_json::Value> = events_of(&events, "model_call_started")
+        .into_iter()
+        .map(|event| event["model"].clone())
+        .collect();
+    assert_eq!(started, vec!["big-model", "small-model"]);
+    embedded.stop().await;
+}
+
 const ASK_THEN_SHOW: &str = r#"name: ask-then-show
 description: An agent step whose answer a bash step prints.
 version: 1.0.0
