@@ -8,7 +8,9 @@
 //!   AF_VSOCK and ia32 syscalls (so the custom profile is what closes them);
 //! - kiln-standard has the tools real recipes need;
 //! - under runsc (registered with `--oci-seccomp`) the profile applies inside
-//!   gVisor too, with the exact errno of every rule, and threads still work.
+//!   gVisor too, with the exact errno of every rule, and threads still work;
+//! - pruning removes exactly the old images of a family, keeping the current
+//!   one, what current images are built on, and what containers use.
 //!
 //! Inputs come from the environment that xtask sets (`KILN_AGENT_BINARY`,
 //! `KILN_PROBE_BINARY`, `KILN_RUNTIME_IMAGE_DIR`), with checkout defaults.
@@ -103,17 +105,20 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
-/// Removes containers and images on drop (the test may have panicked).
+/// Removes containers and images on drop (the test may have panicked), and
+/// every container and image labelled `kiln.test=<label>` for each label.
 #[derive(Default)]
 struct Cleanup {
     containers: Vec<String>,
     images: Vec<String>,
+    labels: Vec<String>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let containers = std::mem::take(&mut self.containers);
         let images = std::mem::take(&mut self.images);
+        let labels = std::mem::take(&mut self.labels);
         // Drop cannot await; a fresh runtime on its own thread can.
         let cleaner = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -132,6 +137,9 @@ impl Drop for Cleanup {
                 for image in images {
                     let options = RemoveImageOptionsBuilder::new().force(true).build();
                     let _ = docker.remove_image(&image, Some(options), None).await;
+                }
+                for label in labels {
+                    remove_labelled(&docker, &label).await;
                 }
             });
         });
@@ -312,6 +320,54 @@ async fn run_hardened(
 }
 
 /// `check <name> <outcome>` and `info <name> <value>` lines, by name.
+/// Removes every container, then every image, labelled `kiln.test=<label>`.
+/// Images built on others must go first: passes repeat while one removes
+/// something.
+async fn remove_labelled(docker: &Docker, label: &str) {
+    let filters = HashMap::from([("label".to_owned(), vec![format!("kiln.test={label}")])]);
+    let containers = docker
+        .list_containers(Some(
+            bollard::query_parameters::ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap_or_default();
+    for container in containers.into_iter().filter_map(|container| container.id) {
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        let _ = docker.remove_container(&container, Some(options)).await;
+    }
+    loop {
+        let images = docker
+            .list_images(Some(
+                ListImagesOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .unwrap_or_default();
+        let mut n_removed = 0;
+        for image in &images {
+            let options = RemoveImageOptionsBuilder::new().force(true).build();
+            if docker
+                .remove_image(&image.id, Some(options), None)
+                .await
+                .is_ok()
+            {
+                n_removed += 1;
+            }
+        }
+        if n_removed == 0 {
+            break;
+        }
+    }
+}
+
 fn parse_probe(output: &str) -> BTreeMap<String, String> {
     let mut lines = BTreeMap::new();
     for line in output.lines() {
@@ -501,6 +557,7 @@ async fn fresh_inputs_build_once_then_reuse() {
     let _cleanup = Cleanup {
         containers: Vec::new(),
         images: vec![built.id.clone()],
+        labels: Vec::new(),
     };
     assert!(!built.reused, "unique inputs must be built: {progress:#?}");
     assert_eq!(
@@ -1126,4 +1183,289 @@ async fn minimal_image_runs_busybox_as_the_step_uid() {
         output,
         "200001\nhome=/work pwd=/work\nshebang-ok\nrootfs=read-only\nno-passwd-entry\n-rwxr-xr-x\n"
     );
+}
+
+/// Builds a one-file image `FROM base` (or scratch), labelled `kiln.test` in
+/// its Dockerfile (so even its intermediate layers carry it) and with
+/// `labels`, tagged `tag`; returns its id.
+async fn build_tiny_image(
+    docker: &Docker,
+    test_label: &str,
+    base: Option<&str>,
+    tag: &str,
+    labels: &[(&str, &str)],
+) -> String {
+    let dockerfile = format!(
+        "FROM {}\nLABEL kiln.test={test_label}\nCOPY marker /marker-{}\n",
+        base.unwrap_or("scratch"),
+        tag.replace([':', '/'], "-")
+    );
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, data) in [
+        ("Dockerfile", dockerfile.as_bytes()),
+        ("marker", tag.as_bytes()),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, name, data).unwrap();
+    }
+    let context = builder.into_inner().unwrap();
+    let labels: HashMap<&str, &str> = labels.iter().copied().collect();
+    let options = bollard::query_parameters::BuildImageOptionsBuilder::new()
+        .dockerfile("Dockerfile")
+        .t(tag)
+        .rm(true)
+        .forcerm(true)
+        .labels(&labels)
+        .build();
+    let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
+    while let Some(item) = stream.next().await {
+        let info = item.expect("tiny image build");
+        assert!(info.error_detail.is_none(), "tiny image build: {info:?}");
+    }
+    docker.inspect_image(tag).await.unwrap().id.unwrap()
+}
+
+async fn tag(docker: &Docker, id: &str, repo: &str, tag: &str) {
+    let options = bollard::query_parameters::TagImageOptionsBuilder::new()
+        .repo(repo)
+        .tag(tag)
+        .build();
+    docker.tag_image(id, Some(options)).await.unwrap();
+}
+
+/// A family of test images under a unique repository prefix (so no real
+/// Kiln image is in scope): the prune removes exactly the old, unused ones,
+/// dependents before what they are built on, and reports why the others stay.
+#[tokio::test]
+async fn prune_removes_exactly_the_old_unused_images_of_a_family() {
+    use controller::sandbox::image::prune::{
+        KeepReason, PruneOutcome, PruneScope, PrunedImage, prune_images,
+    };
+    let docker = docker().await;
+    let test_label = unique("images-prune");
+    let mut cleanup = Cleanup::default();
+    cleanup.labels.push(test_label.clone());
+    let prefix = format!("{test_label}-");
+    let minimal = format!("{prefix}minimal");
+    let standard = format!("{prefix}standard");
+    let base = format!("{prefix}standard-base");
+    let probe = format!("{prefix}probe");
+    let hash = |value: &'static str| (INPUTS_HASH_LABEL, value);
+
+    // kiln-minimal: two old ones, the current one, and the old one the current
+    // probe is built on.
+    let kind_minimal = ("kiln.image", "minimal");
+    let m_old = build_tiny_image(
+        &docker,
+        &test_label,
+        None,
+        &format!("{minimal}:aaaa"),
+        &[hash("a"), kind_minimal],
+    )
+    .await;
+    let m_used = build_tiny_image(
+        &docker,
+        &test_label,
+        None,
+        &format!("{minimal}:bbbb"),
+        &[hash("b"), kind_minimal],
+    )
+    .await;
+    let m_probe_base = build_tiny_image(
+        &docker,
+        &test_label,
+        None,
+        &format!("{minimal}:dddd"),
+        &[hash("d"), kind_minimal],
+    )
+    .await;
+    let m_current = build_tiny_image(
+        &docker,
+        &test_label,
+        None,
+        &format!("{minimal}:cccc"),
+        &[hash("c"), kind_minimal],
+    )
+    .await;
+    tag(&docker, &m_current, &minimal, "latest").await;
+    let p_current = build_tiny_image(
+        &docker,
+        &test_label,
+        Some(&format!("{minimal}:dddd")),
+        &format!("{probe}:pppp"),
+        &[hash("p"), ("kiln.image", "probe")],
+    )
+    .await;
+    tag(&docker, &p_current, &probe, "latest").await;
+    // kiln-standard: an old one on an old base (the base can only go once
+    // the old standard has), the current one on the current base.
+    let b_old = build_tiny_image(
+        &docker,
+        &test_label,
+        None,
+        &format!("{base}:b111"),
+        &[hash("b1")],
+    )
+    .await;
+    let b_current = build_tiny_image(
+        &docker,
+        &test_label,
+        None,
+        &format!("{base}:b222"),
+        &[hash("b2")],
+    )
+    .await;
+    let kind_standard = ("kiln.image", "standard");
+    let s_old = build_tiny_image(
+        &docker,
+        &test_label,
+        Some(&format!("{base}:b111")),
+        &format!("{standard}:s111"),
+        &[hash("s1"), kind_standard],
+    )
+    .await;
+    let s_current = build_tiny_image(
+        &docker,
+        &test_label,
+        Some(&format!("{base}:b222")),
+        &format!("{standard}:s222"),
+        &[hash("s2"), kind_standard],
+    )
+    .await;
+    tag(&docker, &s_current, &standard, "latest").await;
+    // An operator's own image built on the old minimal: tagged outside the
+    // family, so never a candidate, and Docker refuses to remove its base.
+    let derived = build_tiny_image(
+        &docker,
+        &test_label,
+        Some(&format!("{minimal}:aaaa")),
+        &format!("{prefix}acme:1"),
+        &[hash("a"), kind_minimal],
+    )
+    .await;
+    // A (stopped) container created from m_used.
+    let container_name = format!("{test_label}-user");
+    let body = ContainerCreateBody {
+        image: Some(m_used.clone()),
+        cmd: Some(vec!["/marker".to_owned()]),
+        labels: Some(HashMap::from([(
+            "kiln.test".to_owned(),
+            test_label.clone(),
+        )])),
+        ..Default::default()
+    };
+    let created = docker
+        .create_container(
+            Some(
+                CreateContainerOptionsBuilder::new()
+                    .name(&container_name)
+                    .build(),
+            ),
+            body,
+        )
+        .await
+        .unwrap();
+    cleanup.containers.push(created.id);
+
+    let scope = PruneScope {
+        repository_prefix: prefix.clone(),
+        test_label: Some(test_label.clone()),
+    };
+    let mut report = prune_images(&docker, &scope, &ImageKind::ALL)
+        .await
+        .unwrap();
+    report.sort_by(|left, right| left.repo_tags.cmp(&right.repo_tags));
+    let outcome_of = |id: &str| -> &PrunedImage {
+        report
+            .iter()
+            .find(|image| image.id == id)
+            .unwrap_or_else(|| panic!("{id} not reported: {report:#?}"))
+    };
+    assert_eq!(report.len(), 9, "{report:#?}");
+    assert!(
+        matches!(&outcome_of(&m_old).outcome, PruneOutcome::KeptConflict { message } if message.contains("has dependent child images")),
+        "{:?}",
+        outcome_of(&m_old)
+    );
+    assert_eq!(
+        outcome_of(&m_used).outcome,
+        PruneOutcome::Kept(KeepReason::InUse {
+            containers: vec![container_name.clone()]
+        })
+    );
+    assert_eq!(
+        outcome_of(&m_current).outcome,
+        PruneOutcome::Kept(KeepReason::Latest)
+    );
+    assert_eq!(
+        outcome_of(&m_probe_base).outcome,
+        PruneOutcome::Kept(KeepReason::BaseOfLatest)
+    );
+    assert_eq!(
+        outcome_of(&p_current).outcome,
+        PruneOutcome::Kept(KeepReason::Latest)
+    );
+    assert_eq!(outcome_of(&s_old).outcome, PruneOutcome::Removed);
+    assert_eq!(outcome_of(&b_old).outcome, PruneOutcome::Removed);
+    assert_eq!(
+        outcome_of(&s_current).outcome,
+        PruneOutcome::Kept(KeepReason::Latest)
+    );
+    assert_eq!(
+        outcome_of(&b_current).outcome,
+        PruneOutcome::Kept(KeepReason::BaseOfLatest)
+    );
+    assert_eq!(
+        outcome_of(&m_current).repo_tags,
+        vec![format!("{minimal}:cccc"), format!("{minimal}:latest")]
+    );
+    assert_eq!(outcome_of(&m_current).kind, ImageKind::Minimal);
+    assert_eq!(outcome_of(&b_old).kind, ImageKind::Standard);
+    // What Docker holds afterwards: exactly the removed ones are gone.
+    for (id, exists) in [
+        (&m_old, true),
+        (&m_used, true),
+        (&m_current, true),
+        (&m_probe_base, true),
+        (&p_current, true),
+        (&s_old, false),
+        (&b_old, false),
+        (&s_current, true),
+        (&b_current, true),
+        (&derived, true),
+    ] {
+        assert_eq!(docker.inspect_image(id).await.is_ok(), exists, "{id}");
+    }
+
+    // Once the derived image and the container are gone, a second prune
+    // removes the rest of the old ones and keeps the current ones.
+    docker
+        .remove_image(
+            &derived,
+            Some(RemoveImageOptionsBuilder::new().build()),
+            None,
+        )
+        .await
+        .unwrap();
+    docker
+        .remove_container(
+            &container_name,
+            Some(RemoveContainerOptionsBuilder::new().build()),
+        )
+        .await
+        .unwrap();
+    let report = prune_images(&docker, &scope, &ImageKind::ALL)
+        .await
+        .unwrap();
+    let removed: Vec<&str> = report
+        .iter()
+        .filter(|image| image.outcome == PruneOutcome::Removed)
+        .map(|image| image.id.as_str())
+        .collect();
+    assert_eq!(removed.len(), 2, "{report:#?}");
+    assert!(removed.contains(&m_old.as_str()) && removed.contains(&m_used.as_str()));
+    assert_eq!(report.len(), 7, "{report:#?}");
 }

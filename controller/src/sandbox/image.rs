@@ -19,6 +19,10 @@
 //!
 //! Progress ("what it is doing") goes to a caller-supplied callback, or to
 //! tracing with [`ensure_image`].
+//!
+//! Old hash-tagged images are removed by [`prune::prune_images`] (`kiln image
+//! build` does it after building; `kiln image prune` on demand), never by
+//! [`ensure_image`], which tests and the launcher call concurrently.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -33,6 +37,8 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+pub mod prune;
 
 /// The label that carries the content hash of an image's inputs.
 pub const INPUTS_HASH_LABEL: &str = "kiln.inputs_hash";
@@ -54,7 +60,7 @@ const AGENT_PATH_IN_CONTEXT: &str = "kiln-agent";
 const PROBE_PATH_IN_CONTEXT: &str = "kiln-probe";
 
 /// Which runtime image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ImageKind {
     /// scratch + static busybox + agent, under 5 MB.
     Minimal,

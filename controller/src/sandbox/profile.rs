@@ -232,19 +232,20 @@ pub fn seccomp_for_runtime(runtime: Runtime, seccomp_json: &str) -> String {
         .and_then(serde_json::Value::as_array_mut)
     {
         for rule in rules.iter_mut() {
-            if is_sentry_enosys_rule(rule) {
-                if let Some(fields) = rule.as_object_mut() {
-                    fields.insert("action".to_string(), "SCMP_ACT_ALLOW".into());
-                    fields.remove("errnoRet");
-                    fields.insert(
-                        "comment".to_string(),
-                        "runsc: gVisor's OCI seccomp ignores errnoRet (EPERM would break \
-                         libc's clone3 -> clone fallback); allowed, so the Sentry, which does \
-                         not implement it, answers ENOSYS"
-                            .into(),
-                    );
-                    n_rewritten += 1;
-                }
+            if !is_sentry_enosys_rule(rule) {
+                continue;
+            }
+            if let Some(fields) = rule.as_object_mut() {
+                fields.insert("action".to_string(), "SCMP_ACT_ALLOW".into());
+                fields.remove("errnoRet");
+                fields.insert(
+                    "comment".to_string(),
+                    "runsc: gVisor's OCI seccomp ignores errnoRet (EPERM would break \
+                     libc's clone3 -> clone fallback); allowed, so the Sentry, which does \
+                     not implement it, answers ENOSYS"
+                        .into(),
+                );
+                n_rewritten += 1;
             }
         }
     }
