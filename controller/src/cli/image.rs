@@ -1,14 +1,14 @@
 //! `kiln image build [--kind minimal|standard|probe] [--keep-old]`: build (or
 //! reuse, by content hash) the runtime images, with progress on stderr, then
 //! remove the older images of the families it built. `kiln image prune
-//! [--kind ...]`: only the removal. One line per image on stdout.
+//! [--kind ...] [--dry-run]`: only the removal. One line per image on stdout.
 
 use std::path::PathBuf;
 
 use super::exit;
 use crate::sandbox::Sandbox;
 use crate::sandbox::image::prune::{
-    KeepReason, PruneOutcome, PruneScope, PrunedImage, prune_images,
+    KeepReason, PruneDecision, PruneOutcome, PruneScope, PrunedImage, plan_prune, prune_images,
 };
 use crate::sandbox::image::{ImageInputs, ImageKind, ensure_image_with_progress};
 
@@ -43,6 +43,9 @@ pub enum ImageCommand {
         /// Which family; all of them when omitted.
         #[arg(long, value_enum)]
         kind: Option<Kind>,
+        /// Only print what would be removed and what kept.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -105,11 +108,14 @@ pub async fn image(command: ImageCommand) -> u8 {
             }
             prune(&sandbox, &kinds).await
         }
-        ImageCommand::Prune { kind } => {
+        ImageCommand::Prune { kind, dry_run } => {
             let kinds = match kind {
                 Some(kind) => vec![kind.image_kind()],
                 None => ImageKind::ALL.to_vec(),
             };
+            if dry_run {
+                return plan(&sandbox, &kinds).await;
+            }
             prune(&sandbox, &kinds).await
         }
     }
@@ -135,13 +141,45 @@ async fn prune(sandbox: &Sandbox, kinds: &[ImageKind]) -> u8 {
     }
 }
 
-/// `removed kiln-minimal:0a1b2c3d4e5f sha256:...` or `kept ... (why)`.
-fn report_line(image: &PrunedImage) -> String {
-    let name = if image.repo_tags.is_empty() {
+async fn plan(sandbox: &Sandbox, kinds: &[ImageKind]) -> u8 {
+    match plan_prune(sandbox.docker(), &PruneScope::operator(), kinds).await {
+        Ok(decisions) => {
+            for (kind, image, decision) in decisions {
+                let pruned = PrunedImage {
+                    kind,
+                    id: image.id,
+                    repo_tags: image.repo_tags,
+                    outcome: match decision {
+                        PruneDecision::Remove => PruneOutcome::Removed,
+                        PruneDecision::Keep(reason) => PruneOutcome::Kept(reason),
+                    },
+                };
+                if pruned.outcome == PruneOutcome::Removed {
+                    println!("would remove {} {}", pruned_name(&pruned), pruned.id);
+                } else {
+                    println!("{}", report_line(&pruned));
+                }
+            }
+            exit::OK
+        }
+        Err(error) => {
+            eprintln!("error: {}", super::error_chain(&error));
+            exit::UNAVAILABLE
+        }
+    }
+}
+
+fn pruned_name(image: &PrunedImage) -> String {
+    if image.repo_tags.is_empty() {
         image.kind.repository().to_owned()
     } else {
         image.repo_tags.join(",")
-    };
+    }
+}
+
+/// `removed kiln-minimal:0a1b2c3d4e5f sha256:...` or `kept ... (why)`.
+fn report_line(image: &PrunedImage) -> String {
+    let name = pruned_name(image);
     let why = match &image.outcome {
         PruneOutcome::Removed => return format!("removed {name} {}", image.id),
         PruneOutcome::Kept(KeepReason::Latest) => "current".to_owned(),

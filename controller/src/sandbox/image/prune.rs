@@ -269,6 +269,17 @@ pub async fn prune_images(
     Ok(report)
 }
 
+/// What [`prune_images`] would do now, without removing anything
+/// (`kiln image prune --dry-run`).
+pub async fn plan_prune(
+    docker: &Docker,
+    scope: &PruneScope,
+    kinds: &[ImageKind],
+) -> Result<Vec<(ImageKind, KilnImage, PruneDecision)>, PruneError> {
+    let facts = gather(docker, scope).await?;
+    Ok(plan(scope, kinds, &facts))
+}
+
 async fn remove(
     docker: &Docker,
     id: &str,
