@@ -271,6 +271,13 @@ pub async fn serve(
     let shutdown = controller.tasks.shutdown_token();
     let app = crate::api::app(controller.state.clone());
     let server_shutdown = shutdown.clone();
+    // No Nagle: live events are small WebSocket frames that must not wait
+    // for the previous one's ACK (up to 40 ms with delayed ACKs).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
         .await;

@@ -262,6 +262,20 @@ fn bench(root: &Path) -> Result<()> {
         "--measurement-time",
         "3",
     ]))?;
+    step("criterion benchmarks of the model gateway (scripted provider on loopback)");
+    sh(cargo().args([
+        "bench",
+        "--locked",
+        "-p",
+        "controller",
+        "--bench",
+        "gateway",
+        "--",
+        "--warm-up-time",
+        "1",
+        "--measurement-time",
+        "3",
+    ]))?;
     let _ = root;
     Ok(())
 }

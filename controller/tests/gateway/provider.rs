@@ -122,6 +122,10 @@ impl TestProvider {
             .await
             .expect("bind test provider");
         let addr = listener.local_addr().expect("local addr");
+        // Streamed chunks go out as they are written, as a real provider's do.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+            let _ = stream.set_nodelay(true);
+        });
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .await
