@@ -89,7 +89,7 @@ if docker_ok && { [ "$daemon_changed" -eq 1 ] || ! runsc_registered; }; then
     systemctl reload docker
   else
     log "reloading the self-managed dockerd (SIGHUP) for the new daemon.json"
-    kill -HUP "$(pidof dockerd)"
+    kill -HUP "$(pidof -s dockerd)"
   fi
   for _ in $(seq 1 25); do runsc_registered && break; sleep 0.2; done
   if ! runsc_registered; then
@@ -106,7 +106,7 @@ if docker_ok && { [ "$daemon_changed" -eq 1 ] || ! runsc_registered; }; then
       systemctl restart docker
     else
       log "restarting the self-managed dockerd: the log driver changes only on restart"
-      kill -TERM "$(pidof dockerd)" || true
+      kill -TERM "$(pidof -s dockerd)" || true
       for _ in $(seq 1 50); do pidof dockerd >/dev/null || break; sleep 0.2; done
     fi
   fi
