@@ -42,7 +42,7 @@ enum Command {
     Run(cli::run::RunArgs),
     /// Check a recipe and print every diagnostic.
     Validate(cli::validate::ValidateArgs),
-    /// Build the runtime images.
+    /// Build the runtime images, or prune old ones.
     Image {
         #[command(subcommand)]
         command: cli::image::ImageCommand,
