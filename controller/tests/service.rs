@@ -2461,6 +2461,63 @@ async fn cli_run_keeps_the_canary_key_out_of_the_sandbox_events_and_logs() {
     assert!(!stderr.contains(CANARY_KEY), "the key is in the logs");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_run_shows_model_calls_and_passes_no_control_character_to_the_terminal() {
+    let image = minimal_image().await;
+    // The answer tries to clear the screen and set the window title.
+    let provider = TestProvider::start(vec![Script::stream(
+        &["first line\n", "\x1b[2J\x1b]0;pwned\x07second"],
+        7,
+        4,
+    )])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("one-agent.yaml");
+    std::fs::write(&recipe, ONE_AGENT).unwrap();
+    let providers = format!(
+        "[{{ name = \"scripted\", kind = \"openai\", base_url = \"{}\", default_model = \"test-model\" }}]",
+        provider.openai_base_url()
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        kiln()
+            .arg("run")
+            .arg(recipe)
+            .env("KILN_SANDBOX__CLASSES__DEFAULT__IMAGE", &image)
+            .env("KILN_GATEWAY__PROVIDERS", providers)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(
+        !stdout.contains('\x1b') && !stdout.contains('\x07'),
+        "{stdout:?}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    let at = |prefix: &str| {
+        lines
+            .iter()
+            .position(|line| line.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line starting with {prefix:?} in {stdout}"))
+    };
+    let started = at("· ask: model scripted/test-model (self)");
+    let first = at("  │ first line");
+    let second = at("  │ \\u{1b}[2J\\u{1b}]0;pwned\\u{7}second");
+    let finished = at("· ask: model call 7 in / 4 out tokens (");
+    assert!(
+        started < first && first < second && second < finished,
+        "{stdout}"
+    );
+    let last = lines.last().unwrap();
+    assert!(
+        last.starts_with("✓ succeeded in ")
+            && last.ends_with("s (1 model calls, 7 in / 4 out tokens)"),
+        "{last}"
+    );
+}
+
 #[test]
 fn cli_serve_exits_64_naming_a_missing_key_source_before_touching_docker() {
     let dir = tempfile::tempdir().unwrap();

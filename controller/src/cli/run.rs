@@ -368,6 +368,8 @@ struct View {
     is_drawn: bool,
     /// Live model text not yet ended by a newline, per model request id.
     model_lines: std::collections::BTreeMap<u64, String>,
+    /// Model calls seen finished, and their input and output tokens.
+    model_totals: (u64, u64, u64),
 }
 
 const SPINNER: [&str; 10] = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"];
@@ -381,6 +383,7 @@ impl View {
             spinner_idx: 0,
             is_drawn: false,
             model_lines: std::collections::BTreeMap::new(),
+            model_totals: (0, 0, 0),
         }
     }
 
@@ -530,6 +533,10 @@ impl View {
                 {
                     self.print_model_line(&rest);
                 }
+                let (calls, input, output) = &mut self.model_totals;
+                *calls += 1;
+                *input += payload["input_tokens"].as_u64().unwrap_or(0);
+                *output += payload["output_tokens"].as_u64().unwrap_or(0);
                 let ms = payload["duration_ms"].as_u64().unwrap_or(0);
                 let detail = match payload["outcome"].as_str().unwrap_or("") {
                     "completed" => format!(
@@ -576,8 +583,14 @@ impl View {
             "✗"
         };
         let detail = detail.map_or(String::new(), |detail| format!(": {detail}"));
+        let models = match self.model_totals {
+            (0, _, _) => String::new(),
+            (calls, input, output) => {
+                format!(" ({calls} model calls, {input} in / {output} out tokens)")
+            }
+        };
         self.print_line(&format!(
-            "{mark} {status}{detail} in {:.1}s",
+            "{mark} {status}{detail} in {:.1}s{models}",
             elapsed.as_secs_f64()
         ));
     }
