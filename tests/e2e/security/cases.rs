@@ -731,10 +731,9 @@ pub const CASES: &[Case] = &[
             summary: "PID 1 environ readable (runsc, known) but holds only PATH, HOSTNAME, HOME, LANG, KILN_EXECUTION_ID",
         }),
         // The harness starts `kiln serve` with canary model keys in its
-        // environment (OPENAI_API_KEY, ANTHROPIC_API_KEY = sk-kiln-canary-...).
-        fixme: Some(
-            "canary keys sit in the controller's environment only; a key in the gateway's own config (issue 6) is not scanned yet",
-        ),
+        // environment (OPENAI_API_KEY, ANTHROPIC_API_KEY = sk-kiln-canary-...),
+        // and its gateway loads OPENAI_API_KEY as a provider's key.
+        fixme: None,
     },
     Case {
         number: 36,

@@ -33,6 +33,17 @@ const SERVER_CONFIG: &str = r#"
 [queue]
 concurrency = 4
 
+# The gateway loads the canary key (catalogue case 35) as an operator's
+# would; it must never reach a sandbox, an event or the log. Nothing listens
+# on the discard port: no case calls a model.
+[gateway]
+[[gateway.providers]]
+name = "canary"
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+default_model = "canary-model"
+api_key_env = "OPENAI_API_KEY"
+
 [limits]
 max_artifact_bytes = 1048576
 
