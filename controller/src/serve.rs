@@ -31,7 +31,7 @@ use crate::gateway::{Gateway, GatewayError};
 use crate::launcher::{Control, Launcher, Tasks};
 use crate::queue::Slots;
 use crate::reconcile::ReconcileReport;
-use crate::relay::Hub;
+use crate::relay::{Hub, Relay};
 use crate::sandbox::{Sandbox, SandboxError, preflight};
 use crate::store::{Store, StoreError};
 
@@ -52,6 +52,8 @@ pub enum StartError {
     BootstrapToken(#[source] StoreError),
     #[error("load the model usage recorded so far")]
     SeedModelUsage(#[source] StoreError),
+    #[error("record a model call the previous run left open")]
+    RecordInterruptedCall(#[source] crate::relay::RelayError),
     #[error("connect to docker")]
     ConnectDocker(#[source] SandboxError),
     #[error("read or write the instance id {path}")]
@@ -121,24 +123,68 @@ pub fn build_gateway(
         .map_err(StartError::Gateway)
 }
 
-/// Model calls a previous run left open are marked `interrupted` (an agent
-/// taken back resends its unanswered requests, which start new calls), then
+/// Model calls a previous run left open (it was killed) are marked
+/// `interrupted`, with a `model_call_finished` event for those of unfinished
+/// executions, so no call stays open in the store or in the events (an agent
+/// taken back resends its unanswered requests, which start new calls). Then
 /// the budget ledger gets every user's usage and that of every unfinished
 /// execution, so a restart never resets a budget.
-async fn seed_model_usage(store: &Store, gateway: &Gateway) -> Result<(), StoreError> {
-    let n_interrupted = store
+async fn seed_model_usage(
+    store: &Store,
+    hub: &Hub<protocol::ExecutionEvent>,
+    gateway: &Gateway,
+) -> Result<(), StartError> {
+    let interrupted = store
         .interrupt_running_model_calls(crate::store::now_ms())
-        .await?;
-    if n_interrupted > 0 {
+        .await
+        .map_err(StartError::SeedModelUsage)?;
+    let unfinished = store
+        .list_unfinished()
+        .await
+        .map_err(StartError::SeedModelUsage)?;
+    if !interrupted.is_empty() {
         tracing::info!(
-            n_interrupted,
+            n_interrupted = interrupted.len(),
             "model calls of the previous run marked interrupted"
         );
     }
-    let by_user = store.model_usage_by_user().await?;
+    for call in interrupted {
+        if !unfinished
+            .iter()
+            .any(|execution| execution.id == call.execution_id)
+        {
+            continue;
+        }
+        let mut relay = Relay::open(store.clone(), hub.clone(), &call.execution_id, 0)
+            .await
+            .map_err(StartError::RecordInterruptedCall)?;
+        let event = protocol::ControllerEvent::ModelCallFinished {
+            step_id: call.step_id,
+            request_id: call.request_id,
+            outcome: protocol::ModelCallOutcome::Interrupted,
+            provider: call.provider,
+            model: call.model,
+            code: None,
+            message: Some("the controller stopped during the call".to_owned()),
+            input_tokens: 0,
+            output_tokens: 0,
+            duration_ms: 0,
+        };
+        relay
+            .record_controller(event)
+            .await
+            .map_err(StartError::RecordInterruptedCall)?;
+    }
+    let by_user = store
+        .model_usage_by_user()
+        .await
+        .map_err(StartError::SeedModelUsage)?;
     let mut by_execution = Vec::new();
-    for execution in store.list_unfinished().await? {
-        let (total, _) = store.model_usage_of_execution(&execution.id).await?;
+    for execution in unfinished {
+        let (total, _) = store
+            .model_usage_of_execution(&execution.id)
+            .await
+            .map_err(StartError::SeedModelUsage)?;
         by_execution.push((execution.id, total));
     }
     let mut ledger = gateway
@@ -184,9 +230,8 @@ pub async fn start_with_gateway(
         .await
         .map_err(StartError::BootstrapToken)?;
 
-    seed_model_usage(&store, &gateway)
-        .await
-        .map_err(StartError::SeedModelUsage)?;
+    let hub = Hub::default();
+    seed_model_usage(&store, &hub, &gateway).await?;
 
     let sandbox = Sandbox::connect()
         .await
@@ -200,7 +245,6 @@ pub async fn start_with_gateway(
     let findings = preflight::assess(&host);
     preflight::log_findings(&findings);
     preflight::decide(&findings, options.strict_preflight).map_err(StartError::Preflight)?;
-    let hub = Hub::default();
     let control = Control::new();
     let launcher = Launcher::new(
         Arc::clone(&config),

@@ -1089,6 +1089,63 @@ async fn restart_finishes_a_running_execution_whose_container_is_gone() {
     third.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_call_left_open_by_a_killed_controller_is_closed_at_the_next_start() {
+    let root = tempfile::tempdir().unwrap();
+    let first = start_embedded(root.path()).await;
+    let execution_id = first.submit(&SLEEPER.replace("SECONDS", "4")).await;
+    first
+        .wait_for_event(&execution_id, "step_started", "nap")
+        .await;
+    let _guard = first.stop().await;
+    // What a controller killed in mid-call leaves behind: a row still
+    // `running`, and a `model_call_started` with no end.
+    let config = test_config(root.path()).await;
+    let store = Store::open_sqlite(&config.database_path(), 1 << 20)
+        .await
+        .unwrap();
+    let call = controller::store::NewModelCall {
+        execution_id: execution_id.clone(),
+        request_id: 7,
+        step_id: "nap".to_owned(),
+        user_id: "someone".to_owned(),
+        provider: "scripted".to_owned(),
+        model: "test-model".to_owned(),
+        profile: "self".to_owned(),
+        started_at_ms: controller::store::now_ms(),
+    };
+    store.begin_model_call(&call).await.unwrap();
+    drop(store);
+
+    let second = start_embedded(root.path()).await;
+    assert_eq!(
+        second.wait_final(&execution_id).await,
+        ExecutionStatus::Succeeded
+    );
+    let events = all_events(&second, &execution_id).await;
+    let seqs: Vec<u64> = events.iter().map(|event| event.seq).collect();
+    assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<u64>>());
+    assert_eq!(
+        events_of(&events, "model_call_finished"),
+        vec![serde_json::json!({
+            "type": "model_call_finished", "step_id": "nap", "request_id": 7,
+            "outcome": "interrupted", "provider": "scripted", "model": "test-model",
+            "message": "the controller stopped during the call",
+            "input_tokens": 0, "output_tokens": 0, "duration_ms": 0,
+        })]
+    );
+    let calls = second
+        .controller
+        .launcher
+        .store
+        .model_calls(&execution_id)
+        .await
+        .unwrap();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].status, ModelCallStatus::Interrupted);
+    second.stop().await;
+}
+
 const RELEASE_APPROVAL: &str = include_str!("../../gallery/release-approval.yaml");
 
 impl Embedded {
@@ -2113,6 +2170,34 @@ async fn an_exhausted_budget_fails_the_step_with_its_own_code() {
             "steps": { "ask": { "requests": 1, "input_tokens": 4, "output_tokens": 1 } },
         })
     );
+    // And for Prometheus: the one completed call and its tokens.
+    let request = axum::http::Request::builder()
+        .uri("/metrics")
+        .header("authorization", format!("Bearer {}", admin.token))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(
+        controller::api::app(embedded.controller.state.clone()),
+        request,
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), axum::http::StatusCode::OK);
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let metrics = String::from_utf8(bytes.to_vec()).unwrap();
+    for line in [
+        r#"kiln_model_calls_total{provider="scripted",model="served-model",status="completed"} 1"#,
+        r#"kiln_model_input_tokens_total{provider="scripted",model="served-model"} 4"#,
+        r#"kiln_model_output_tokens_total{provider="scripted",model="served-model"} 1"#,
+        r#"kiln_executions{status="failed"} 1"#,
+    ] {
+        assert!(
+            metrics.lines().any(|seen| seen == line),
+            "no `{line}` in\n{metrics}"
+        );
+    }
     embedded.stop().await;
 }
 

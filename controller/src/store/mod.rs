@@ -780,11 +780,11 @@ impl Store {
     }
 
     /// At startup: marks every call still `running` (left by a previous
-    /// process) `interrupted`. Returns how many there were.
+    /// process) `interrupted`. Returns those calls, oldest first.
     pub async fn interrupt_running_model_calls(
         &self,
         finished_at_ms: i64,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Vec<ModelCallRow>, StoreError> {
         match self {
             Store::Sqlite(store) => store.interrupt_running_model_calls(finished_at_ms).await,
         }

@@ -768,14 +768,21 @@ impl SqliteStore {
     pub async fn interrupt_running_model_calls(
         &self,
         finished_at_ms: i64,
-    ) -> Result<u64, StoreError> {
-        let result = sqlx::query(
-            "UPDATE model_calls SET status = 'interrupted', finished_at_ms = ?1 WHERE status = 'running'",
+    ) -> Result<Vec<ModelCallRow>, StoreError> {
+        let rows = sqlx::query(
+            "UPDATE model_calls SET status = 'interrupted', finished_at_ms = ?1 WHERE status = 'running'
+             RETURNING id, execution_id, request_id, step_id, user_id, provider, model, profile, status,
+                       error_code, input_tokens, output_tokens, started_at_ms, finished_at_ms",
         )
         .bind(finished_at_ms)
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(result.rows_affected())
+        let mut calls = rows
+            .iter()
+            .map(model_call_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        calls.sort_by_key(|call| call.id);
+        Ok(calls)
     }
 
     pub async fn model_calls(&self, execution_id: &str) -> Result<Vec<ModelCallRow>, StoreError> {
