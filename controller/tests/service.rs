@@ -2291,6 +2291,62 @@ async fn class_entries_model_roles_and_agent_config_reach_the_provider_from_the_
     embedded.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anthropic_provider_with_a_key_file_answers_an_agent_step_in_a_sandbox() {
+    let provider = TestProvider::start(vec![Script::stream(&["Bon", "jour"], 9, 2)]).await;
+    let root = tempfile::tempdir().unwrap();
+    let key_file = root.path().join("anthropic.key");
+    std::fs::write(&key_file, format!("{CANARY_KEY}\n")).unwrap();
+    let base_url = provider.anthropic_base_url();
+    let embedded = start_with_provider(root.path(), provider.openai_base_url(), |config| {
+        config.gateway.providers = vec![
+            toml::from_str(&format!(
+                r#"
+                name = "claude"
+                kind = "anthropic"
+                base_url = "{base_url}"
+                api_key_file = "{}"
+                default_model = "claude-test"
+                "#,
+                key_file.display()
+            ))
+            .unwrap(),
+        ];
+    })
+    .await;
+    let execution_id = embedded.submit(ASK_THEN_SHOW).await;
+    assert_eq!(
+        embedded.wait_final(&execution_id).await,
+        ExecutionStatus::Succeeded
+    );
+    let requests = provider.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].path, "/v1/messages");
+    assert_eq!(requests[0].headers["x-api-key"], CANARY_KEY);
+    assert_eq!(requests[0].body["model"], "claude-test");
+    let events = all_events(&embedded, &execution_id).await;
+    assert_eq!(model_output_of(&events, "ask"), "Bonjour");
+    assert_eq!(output_of(&events, "show"), "got=Bonjour");
+    let finished = events_of(&events, "model_call_finished");
+    assert_eq!(
+        (
+            &finished[0]["provider"],
+            &finished[0]["input_tokens"],
+            &finished[0]["output_tokens"]
+        ),
+        (
+            &serde_json::json!("claude"),
+            &serde_json::json!(9),
+            &serde_json::json!(2)
+        )
+    );
+    for event in &events {
+        let text = serde_json::to_string(event).unwrap();
+        assert!(!text.contains(CANARY_KEY), "the key leaked into {text}");
+    }
+    embedded.stop().await;
+}
+
 const ASK_THEN_SHOW: &str = r#"name: ask-then-show
 description: An agent step whose answer a bash step prints.
 version: 1.0.0
