@@ -28,10 +28,67 @@ pub struct MetricsSnapshot {
     pub model_calls: Vec<ModelCallTotals>,
 }
 
+/// Most `(provider, model)` label pairs shown. With `allow_unlisted_models`
+/// a recipe names the model, so the number of series must not be the
+/// author's to choose: the pairs with the fewest calls beyond this many are
+/// summed under the model [`OTHER_MODELS`].
+pub const MAX_MODEL_SERIES: usize = 100;
+
+/// The `model` label of the folded pairs.
+pub const OTHER_MODELS: &str = "_other";
+
+/// `model_calls` with at most [`MAX_MODEL_SERIES`] `(provider, model)`
+/// pairs: the busiest kept (ties by name), the rest folded into
+/// `(provider, "_other")`, summed per status.
+fn bounded_series(model_calls: &[ModelCallTotals]) -> Vec<ModelCallTotals> {
+    let mut calls_by_pair: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for totals in model_calls {
+        *calls_by_pair
+            .entry((totals.provider.as_str(), totals.model.as_str()))
+            .or_default() += totals.usage.requests;
+    }
+    if calls_by_pair.len() <= MAX_MODEL_SERIES {
+        return model_calls.to_vec();
+    }
+    let mut ranked: Vec<((&str, &str), u64)> = calls_by_pair.into_iter().collect();
+    ranked.sort_by(|(a_pair, a_calls), (b_pair, b_calls)| {
+        b_calls.cmp(a_calls).then(a_pair.cmp(b_pair))
+    });
+    let kept: std::collections::BTreeSet<(&str, &str)> = ranked
+        .iter()
+        .take(MAX_MODEL_SERIES)
+        .map(|(pair, _)| *pair)
+        .collect();
+    let mut folded: BTreeMap<(String, String, ModelCallStatus), ModelUsage> = BTreeMap::new();
+    for totals in model_calls {
+        let model = if kept.contains(&(totals.provider.as_str(), totals.model.as_str())) {
+            totals.model.clone()
+        } else {
+            OTHER_MODELS.to_string()
+        };
+        let sum = folded
+            .entry((totals.provider.clone(), model, totals.status))
+            .or_default();
+        sum.requests = sum.requests.saturating_add(totals.usage.requests);
+        sum.input_tokens = sum.input_tokens.saturating_add(totals.usage.input_tokens);
+        sum.output_tokens = sum.output_tokens.saturating_add(totals.usage.output_tokens);
+    }
+    folded
+        .into_iter()
+        .map(|((provider, model, status), usage)| ModelCallTotals {
+            provider,
+            model,
+            status,
+            usage,
+        })
+        .collect()
+}
+
 /// The exposition text: one `# HELP` and `# TYPE` per family, samples sorted
 /// by their labels, every line ending in `\n`.
 pub fn render(snapshot: &MetricsSnapshot) -> String {
     let mut out = String::new();
+    let model_calls = bounded_series(&snapshot.model_calls);
 
     family(
         &mut out,
@@ -67,7 +124,7 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         "counter",
         "Model calls that ended, by provider, model and status.",
     );
-    for totals in &snapshot.model_calls {
+    for totals in &model_calls {
         if totals.status == ModelCallStatus::Running {
             continue;
         }
@@ -85,7 +142,7 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
 
     let mut running: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     let mut tokens: BTreeMap<(&str, &str), ModelUsage> = BTreeMap::new();
-    for totals in &snapshot.model_calls {
+    for totals in &model_calls {
         let key = (totals.provider.as_str(), totals.model.as_str());
         if totals.status == ModelCallStatus::Running {
             *running.entry(key).or_default() += totals.usage.requests;

@@ -120,3 +120,58 @@ fn label_values_are_escaped() {
         ]
     );
 }
+
+#[test]
+fn model_series_beyond_the_bound_fold_into_other() {
+    // 101 models at one provider: the one with the fewest calls (and, among
+    // equals, the last by name) is folded; its tokens move with it.
+    let mut model_calls: Vec<ModelCallTotals> = (0..MAX_MODEL_SERIES)
+        .map(|idx| {
+            totals(
+                "local",
+                &format!("m{idx:03}"),
+                ModelCallStatus::Completed,
+                2,
+                10,
+                1,
+            )
+        })
+        .collect();
+    model_calls.push(totals("local", "rare", ModelCallStatus::Completed, 1, 7, 3));
+    model_calls.push(totals("local", "rare", ModelCallStatus::Failed, 0, 0, 0));
+    let snapshot = MetricsSnapshot {
+        version: "0.1.0".to_string(),
+        executions: Vec::new(),
+        model_calls,
+    };
+    let text = render(&snapshot);
+    let calls: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with("kiln_model_calls_total{"))
+        .collect();
+    assert_eq!(calls.len(), MAX_MODEL_SERIES + 2);
+    assert!(!text.contains("\"rare\""), "{text}");
+    assert!(text.contains(
+        "kiln_model_calls_total{provider=\"local\",model=\"_other\",status=\"completed\"} 1\n"
+    ));
+    assert!(text.contains(
+        "kiln_model_calls_total{provider=\"local\",model=\"_other\",status=\"failed\"} 0\n"
+    ));
+    assert!(
+        text.contains("kiln_model_input_tokens_total{provider=\"local\",model=\"_other\"} 7\n")
+    );
+    assert!(text.contains("kiln_model_input_tokens_total{provider=\"local\",model=\"m099\"} 10\n"));
+}
+
+#[test]
+fn model_series_within_the_bound_are_shown_as_they_are() {
+    let model_calls = vec![totals("local", "rare", ModelCallStatus::Completed, 1, 7, 3)];
+    let snapshot = MetricsSnapshot {
+        version: "0.1.0".to_string(),
+        executions: Vec::new(),
+        model_calls,
+    };
+    assert!(render(&snapshot).contains(
+        "kiln_model_calls_total{provider=\"local\",model=\"rare\",status=\"completed\"} 1\n"
+    ));
+}
