@@ -2347,6 +2347,56 @@ async fn an_anthropic_provider_with_a_key_file_answers_an_agent_step_in_a_sandbo
     embedded.stop().await;
 }
 
+const FAN_OUT: &str = r#"name: fan-out
+description: Parallel agent calls under the recipe's concurrency limit.
+version: 1.0.0
+rate_limiting:
+  max_concurrent_llm: 1
+context:
+  items: [a, b, c]
+steps:
+  - id: fan
+    agent: self
+    foreach: "{{items}}"
+    as: item
+    parallel: true
+    prompt: "say {{item}}"
+    collect: answers
+  - id: show
+    type: bash
+    command: printf '%s' "$ANSWERS"
+    env:
+      ANSWERS: "{{answers}}"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recipes_llm_concurrency_limit_holds_at_the_provider() {
+    // Slow answers: three parallel calls would overlap without the limit.
+    let slow = |text: &str| Script::Stream {
+        chunks: vec![text.to_owned(); 3],
+        input_tokens: 1,
+        output_tokens: 3,
+        model: "served-model".to_owned(),
+        delay: Duration::from_millis(150),
+        piece_bytes: None,
+    };
+    let provider = TestProvider::start(vec![slow("x"), slow("y"), slow("z")]).await;
+    let root = tempfile::tempdir().unwrap();
+    let embedded = start_with_provider(root.path(), provider.openai_base_url(), |_| {}).await;
+    let execution_id = embedded.submit(FAN_OUT).await;
+    assert_eq!(
+        embedded.wait_final(&execution_id).await,
+        ExecutionStatus::Succeeded
+    );
+    assert_eq!(provider.requests().len(), 3);
+    assert_eq!(provider.max_in_flight(), 1);
+    let events = all_events(&embedded, &execution_id).await;
+    let mut answers: Vec<String> = serde_json::from_str(&output_of(&events, "show")).unwrap();
+    answers.sort();
+    assert_eq!(answers, vec!["xxx", "yyy", "zzz"]);
+    embedded.stop().await;
+}
+
 const ASK_THEN_SHOW: &str = r#"name: ask-then-show
 description: An agent step whose answer a bash step prints.
 version: 1.0.0

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -95,6 +96,9 @@ struct Shared {
     /// `Some(false)` = the body was sent in full.
     endings: Mutex<BTreeMap<usize, bool>>,
     ended: Notify,
+    /// Streamed bodies not yet ended, and the most there ever were at once.
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
 }
 
 /// The running server; stops when dropped.
@@ -142,6 +146,11 @@ impl TestProvider {
     /// `base_url` for an Anthropic provider config.
     pub fn anthropic_base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The most streamed answers that were ever in progress at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -251,6 +260,7 @@ impl EndGuard {
 
 impl Drop for EndGuard {
     fn drop(&mut self) {
+        self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.shared
             .endings
             .lock()
@@ -278,6 +288,8 @@ fn streamed(
             first = false;
         }
     }
+    let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
     let guard = EndGuard {
         shared,
         idx,
