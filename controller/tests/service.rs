@@ -1988,6 +1988,7 @@ async fn cancel_mid_stream_stops_the_request_at_the_provider() {
     assert_eq!(finished.len(), 1, "{finished:?}");
     assert_eq!(finished[0]["outcome"], "cancelled");
     assert_eq!(finished[0]["input_tokens"], 0);
+    assert!(finished[0].get("code").is_none(), "{}", finished[0]);
     let calls = embedded
         .controller
         .launcher

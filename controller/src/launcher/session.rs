@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use super::control::{Command, Control};
 use crate::agent_link::{Accepted, Admission, AgentConnection, LinkEndpoint, LinkError, Received};
 use crate::gateway::{
-    CallError, CallScope, ChunkBatcher, Gateway, ProviderError, ResolveInput, Usage,
+    CallError, CallOutcome, CallScope, ChunkBatcher, Gateway, ProviderError, ResolveInput, Usage,
 };
 use crate::relay::{Relay, RelayError};
 use crate::sandbox::{ContainerHandle, ExitReport, Sandbox, SandboxError};
@@ -1291,10 +1291,6 @@ async fn run_model_call(
             "model call retried"
         );
     };
-    let (first_provider, first_model) = (
-        resolution.request.provider.clone(),
-        resolution.request.model.clone(),
-    );
     let call = gateway.stream(&scope, resolution, &cancel, &mut on_chunk, &mut on_retry);
     tokio::pin!(call);
     let result = loop {
@@ -1330,85 +1326,91 @@ async fn run_model_call(
         );
     }
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let (outcome, provider, model, usage, error, body) = match result {
-        Ok(outcome) => {
-            let usage = outcome.completion.usage;
-            tracing::info!(
-                provider = %outcome.resolution.request.provider,
-                model = %outcome.completion.model,
-                input_tokens = usage.input_tokens,
-                output_tokens = usage.output_tokens,
-                "model call completed"
-            );
-            let body = Some(outcome.to_wire());
-            let provider = outcome.resolution.request.provider;
-            (
-                ModelCallOutcome::Completed,
-                provider,
-                outcome.completion.model,
-                usage,
-                None,
-                body,
-            )
-        }
-        Err(error) => {
-            let (provider, model) = match &error {
-                CallError::Provider {
-                    provider, model, ..
-                } => (provider.clone(), model.clone()),
-                _ => (first_provider, first_model),
-            };
-            let is_cancelled = matches!(
-                error,
-                CallError::Provider {
-                    error: ProviderError::Cancelled,
-                    ..
-                }
-            );
-            if is_cancelled {
-                // Nobody waits for an answer any more.
-                tracing::info!("model call cancelled");
-                let outcome = ModelCallOutcome::Cancelled;
-                (
-                    outcome,
-                    provider,
-                    model,
-                    Usage::default(),
-                    Some(error),
-                    None,
-                )
-            } else {
-                tracing::info!(code = ?error.code(), %error, "model call failed");
-                let body = Some(error.to_wire());
-                let outcome = ModelCallOutcome::Failed;
-                (
-                    outcome,
-                    provider,
-                    model,
-                    Usage::default(),
-                    Some(error),
-                    body,
-                )
-            }
-        }
-    };
-    let event = ControllerEvent::ModelCallFinished {
-        step_id: step_id.clone(),
-        request_id,
-        outcome,
-        provider,
-        model,
-        code: error.as_ref().map(CallError::code),
-        message: error.as_ref().map(ToString::to_string),
-        input_tokens: usage.input_tokens,
-        output_tokens: usage.output_tokens,
-        duration_ms,
-    };
+    let (event, body) = call_ending(step_id.clone(), request_id, result, duration_ms);
     let _ = updates.send(ModelUpdate::Finished {
         request_id,
         event,
         body,
     });
+}
+
+/// The `model_call_finished` event of a streamed call, and the answer for
+/// the agent (None when the call was cancelled: nobody waits for it).
+fn call_ending(
+    step_id: String,
+    request_id: u64,
+    result: Result<CallOutcome, CallError>,
+    duration_ms: u64,
+) -> (ControllerEvent, Option<ModelResponseBody>) {
+    let finished = |outcome, provider, model, error: Option<&CallError>, usage: Usage| {
+        ControllerEvent::ModelCallFinished {
+            step_id,
+            request_id,
+            outcome,
+            provider,
+            model,
+            code: error.map(CallError::code),
+            message: error.map(ToString::to_string),
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            duration_ms,
+        }
+    };
+    match result {
+        Ok(done) => {
+            let usage = done.completion.usage;
+            tracing::info!(
+                provider = %done.resolution.request.provider,
+                model = %done.completion.model,
+                input_tokens = usage.input_tokens,
+                output_tokens = usage.output_tokens,
+                "model call completed"
+            );
+            let body = done.to_wire();
+            let event = finished(
+                ModelCallOutcome::Completed,
+                done.resolution.request.provider,
+                done.completion.model,
+                None,
+                usage,
+            );
+            (event, Some(body))
+        }
+        // `Gateway::stream` fails only at a provider (the call was admitted).
+        Err(CallError::Provider {
+            provider,
+            model,
+            error: ProviderError::Cancelled,
+        }) => {
+            tracing::info!("model call cancelled");
+            let event = finished(
+                ModelCallOutcome::Cancelled,
+                provider,
+                model,
+                None,
+                Usage::default(),
+            );
+            (event, None)
+        }
+        Err(error) => {
+            tracing::info!(code = ?error.code(), %error, "model call failed");
+            let (provider, model) = match &error {
+                CallError::Provider {
+                    provider, model, ..
+                } => (provider.clone(), model.clone()),
+                CallError::Resolve(_) | CallError::Budget(_) => (String::new(), String::new()),
+            };
+            let body = error.to_wire();
+            let event = finished(
+                ModelCallOutcome::Failed,
+                provider,
+                model,
+                Some(&error),
+                Usage::default(),
+            );
+            (event, Some(body))
+        }
+    }
 }
 
 /// What the store keeps of a finished call (None for a refused one, which

@@ -149,6 +149,10 @@ impl TestProvider {
     }
 
     /// The most streamed answers that were ever in progress at once.
+    #[allow(
+        dead_code,
+        reason = "tests/service.rs uses it; tests/gateway.rs does not"
+    )]
     pub fn max_in_flight(&self) -> usize {
         self.shared.max_in_flight.load(Ordering::SeqCst)
     }
