@@ -120,7 +120,7 @@ fn live_batches(c: &mut Criterion) {
                 n_batches += batcher.push(chunk, now).len();
             }
             n_batches += batcher.finish().into_iter().count();
-            assert_eq!(n_batches, 46);
+            assert_eq!(n_batches, 47);
         })
     });
 }

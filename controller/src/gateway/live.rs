@@ -2,9 +2,11 @@
 //! see the model think without one event per token. Pure: the caller passes
 //! the clock and runs the timer (`next_deadline`).
 //!
-//! A batch is flushed when it reaches `min_bytes`, when the oldest pending
-//! text is `max_delay` old, or at the end. No batch exceeds `max_bytes`
-//! (events are bounded); long text is split on character boundaries.
+//! The first text of an answer goes out at once, so a watcher sees the model
+//! start as soon as the provider does. After that a batch is flushed when it
+//! reaches `min_bytes`, when the oldest pending text is `max_delay` old, or
+//! at the end. No batch exceeds `max_bytes` (events are bounded); long text
+//! is split on character boundaries.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +18,8 @@ pub struct ChunkBatcher {
     max_delay: Duration,
     pending: String,
     pending_since: Option<Instant>,
+    /// Some text went out already (the first goes out at once).
+    has_flushed: bool,
 }
 
 impl ChunkBatcher {
@@ -27,6 +31,7 @@ impl ChunkBatcher {
             max_delay,
             pending: String::new(),
             pending_since: None,
+            has_flushed: false,
         }
     }
 
@@ -40,7 +45,7 @@ impl ChunkBatcher {
         }
         self.pending.push_str(text);
         let mut ready = self.split_oversized();
-        if self.pending.len() >= self.min_bytes || self.is_due(now) {
+        if !self.has_flushed || self.pending.len() >= self.min_bytes || self.is_due(now) {
             ready.extend(self.take());
         }
         ready
@@ -74,6 +79,7 @@ impl ChunkBatcher {
         if self.pending.is_empty() {
             None
         } else {
+            self.has_flushed = true;
             Some(std::mem::take(&mut self.pending))
         }
     }
