@@ -1720,6 +1720,32 @@ fn events_of(events: &[ExecutionEvent], kind: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Every model-call event lies inside its step: after the step's
+/// `step_started`, before its `step_completed` / `step_failed`.
+fn assert_model_events_inside_their_steps(events: &[ExecutionEvent]) {
+    let mut open = std::collections::BTreeSet::new();
+    for event in events {
+        let body = serde_json::to_value(&event.body).unwrap();
+        let kind = body["event"]["type"].as_str().unwrap().to_owned();
+        let step_id = body["event"]["step_id"].as_str().unwrap_or("").to_owned();
+        match kind.as_str() {
+            "step_started" => {
+                open.insert(step_id);
+            }
+            "step_completed" | "step_failed" => {
+                open.remove(&step_id);
+            }
+            _ if kind.starts_with("model_") => assert!(
+                open.contains(&step_id),
+                "{kind} of {step_id} (seq {}) outside its step: {:?}",
+                event.seq,
+                kinds(events)
+            ),
+            _ => {}
+        }
+    }
+}
+
 /// A `model_call_finished` payload without its (unasserted) duration.
 fn without_duration(mut event: serde_json::Value) -> serde_json::Value {
     assert!(event["duration_ms"].is_u64(), "{event}");
@@ -1814,6 +1840,7 @@ async fn agent_and_bash_steps_pass_outputs_both_ways_and_no_key_reaches_the_sand
             "controller/finished",
         ]
     );
+    assert_model_events_inside_their_steps(&events);
     // The call's start and end, with the provider's exact token counts.
     let started = events_of(&events, "model_call_started");
     let request_id = started[0]["request_id"].clone();
@@ -1926,6 +1953,7 @@ async fn parse_json_extracts_from_streamed_answers() {
         ExecutionStatus::Succeeded
     );
     let events = all_events(&embedded, &execution_id).await;
+    assert_model_events_inside_their_steps(&events);
     // Lists are stringified the reference's way (`["a", "b"]`).
     assert_eq!(output_of(&events, "show"), r#"42|["a", "b"]|v"#);
     assert_eq!(provider.requests().len(), 3);
@@ -2392,9 +2420,39 @@ async fn the_recipes_llm_concurrency_limit_holds_at_the_provider() {
     assert_eq!(provider.requests().len(), 3);
     assert_eq!(provider.max_in_flight(), 1);
     let events = all_events(&embedded, &execution_id).await;
+    assert_model_events_inside_their_steps(&events);
     let mut answers: Vec<String> = serde_json::from_str(&output_of(&events, "show")).unwrap();
     answers.sort();
     assert_eq!(answers, vec!["xxx", "yyy", "zzz"]);
+    embedded.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_events_stay_inside_their_steps_over_many_calls() {
+    // Quick answers back to back: the agent's next request races the
+    // events of the step before it.
+    let n_steps = 12;
+    let provider = TestProvider::start(
+        (0..n_steps)
+            .map(|_| Script::stream(&["ok"], 1, 1))
+            .collect(),
+    )
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let embedded = start_with_provider(root.path(), provider.openai_base_url(), |_| {}).await;
+    let mut recipe =
+        "name: many\ndescription: Agent steps back to back.\nversion: 1.0.0\nsteps:\n".to_owned();
+    for idx in 0..n_steps {
+        recipe += &format!("  - id: s{idx}\n    agent: self\n    prompt: go\n");
+    }
+    let execution_id = embedded.submit(&recipe).await;
+    assert_eq!(
+        embedded.wait_final(&execution_id).await,
+        ExecutionStatus::Succeeded
+    );
+    let events = all_events(&embedded, &execution_id).await;
+    assert_eq!(events_of(&events, "model_call_finished").len(), n_steps);
+    assert_model_events_inside_their_steps(&events);
     embedded.stop().await;
 }
 

@@ -308,6 +308,12 @@ impl EventSink {
         }
     }
 
+    /// Closes the channel for every clone: events emitted after this are
+    /// numbered and dropped, and the receiver ends once it has the rest.
+    pub async fn close(&self) {
+        self.state.lock().await.sender = None;
+    }
+
     /// The number the next event will get.
     pub async fn next_seq(&self) -> u64 {
         self.state.lock().await.next_seq
@@ -325,3 +331,7 @@ pub fn preview(value: &Value) -> String {
     let cut: String = text.chars().take(PREVIEW_CHARS).collect();
     format!("{cut}… [{} more characters]", n_chars - PREVIEW_CHARS)
 }
+
+#[cfg(test)]
+#[path = "event_tests.rs"]
+mod tests;

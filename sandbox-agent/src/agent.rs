@@ -28,7 +28,7 @@ use crate::artifacts::send_artifacts;
 use crate::cli::AgentArgs;
 use crate::link::{Link, LinkConfig, LinkFailure, SendError, Started};
 use crate::reaper::Reaper;
-use crate::runners::{AgentRunners, default_shell};
+use crate::runners::{AgentRunners, EventOrder, default_shell};
 use crate::step_process::ProcessRunner;
 use crate::step_spec::{CollectSpec, Credentials, StepRlimits};
 
@@ -94,6 +94,10 @@ pub async fn run(args: AgentArgs, token: String, execution_id: String) -> i32 {
         uid: job.step_uid,
         gid: job.step_gid,
     });
+    // The engine's event channel exists before the runners, so a runner can
+    // keep its requests behind the events emitted before them.
+    let (sink, events) = EventSink::channel(64);
+    let (forwarded, forwarded_count) = tokio::sync::watch::channel(0u64);
     let runners = Arc::new(AgentRunners {
         process: ProcessRunner::new(
             reaper.clone(),
@@ -115,9 +119,13 @@ pub async fn run(args: AgentArgs, token: String, execution_id: String) -> i32 {
         execution_id,
         started_iso: iso_utc(crate::link::now_ms() / 1000),
         step_counter: AtomicU64::new(0),
+        event_order: EventOrder {
+            emitted: sink.clone(),
+            forwarded: forwarded_count,
+        },
     });
     let outcome = tokio::select! {
-        outcome = run_job(&job, runners.clone(), &link, run_cancel) => outcome,
+        outcome = run_job(&job, runners.clone(), &link, run_cancel, (sink, events, forwarded)) => outcome,
         failure = link.failed() => {
             eprintln!("kiln-agent: {failure}");
             return exit_code_for(&failure);
@@ -211,12 +219,21 @@ fn bounded(text: String) -> String {
     format!("{}...", &text[..end])
 }
 
+/// The engine's event sink, its receiving end, and the count of events
+/// handed to the link (read by [`crate::runners::EventOrder`]).
+type EngineEvents = (
+    EventSink,
+    tokio::sync::mpsc::Receiver<recipe::event::SequencedEvent>,
+    tokio::sync::watch::Sender<u64>,
+);
+
 /// Checks and runs the recipe; engine events stream to the link.
 async fn run_job(
     job: &Job,
     runners: Arc<AgentRunners>,
     link: &Link,
     cancel: CancellationToken,
+    (sink, mut receiver, forwarded): EngineEvents,
 ) -> Outcome {
     let options = recipe::CheckOptions {
         known_agents: None,
@@ -244,14 +261,18 @@ async fn run_job(
             };
         }
     };
-    let (sink, mut receiver) = EventSink::channel(64);
     let forward_link = link.clone();
     let forwarder = tokio::spawn(async move {
         while let Some(sequenced) = receiver.recv().await {
             forward_engine_event(&forward_link, sequenced.event).await;
+            forwarded.send_replace(sequenced.seq + 1);
         }
     });
+    let closer = sink.clone();
     let outcome = recipe::engine::run(&recipe, job.inputs.clone(), runners, sink, cancel).await;
+    // The runners hold a clone of the sink (for `EventOrder`): close the
+    // channel so the forwarder ends after the last event.
+    closer.close().await;
     let _ = forwarder.await;
     let (status, reason) = match outcome.status {
         RunStatus::Succeeded => (FinalStatus::Succeeded, None),

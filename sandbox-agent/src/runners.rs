@@ -52,6 +52,31 @@ pub struct AgentRunners {
     pub execution_id: String,
     pub started_iso: String,
     pub step_counter: AtomicU64,
+    /// The engine's events, to order requests after them (see [`EventOrder`]).
+    pub event_order: EventOrder,
+}
+
+/// Keeps a model or approval request behind the engine events emitted
+/// before it. Engine events reach the link through a forwarding task, while
+/// a runner sends its request directly, so without this a request could
+/// overtake its own step's `step_started` (measured: a `model_call_started`
+/// stored before the `step_started` of its step).
+pub struct EventOrder {
+    /// A clone of the engine's sink: its `next_seq` counts what was emitted.
+    pub emitted: recipe::event::EventSink,
+    /// How many engine events the forwarder has handed to the link.
+    pub forwarded: tokio::sync::watch::Receiver<u64>,
+}
+
+impl EventOrder {
+    /// Waits until every engine event emitted so far is in the link's
+    /// reliable queue (which is sent before any request).
+    async fn wait_forwarded(&self) {
+        let emitted = self.emitted.next_seq().await;
+        let mut forwarded = self.forwarded.clone();
+        // An error means the forwarder is gone: nothing more to wait for.
+        let _ = forwarded.wait_for(|count| *count >= emitted).await;
+    }
 }
 
 /// `/bin/bash` when the image has it, else `/bin/sh`.
@@ -258,6 +283,7 @@ impl AgentRunners {
 
     async fn run_agent(&self, request: AgentRequest) -> Result<AgentOutcome, RunnerError> {
         let model_request = model_request_of(&request);
+        self.event_order.wait_forwarded().await;
         let (request_id, mut responses) = self
             .link
             .request_model(model_request)
@@ -289,6 +315,7 @@ impl AgentRunners {
     }
 
     async fn run_approval(&self, request: ApprovalRequest) -> ApprovalDecision {
+        self.event_order.wait_forwarded().await;
         let wire_request = protocol::ApprovalRequest {
             request_id: 0,
             stage: request.stage,
