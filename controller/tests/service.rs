@@ -815,6 +815,27 @@ impl Embedded {
         execution.id
     }
 
+    /// `GET path` through the API router with `token`; asserts 200 and
+    /// returns the body.
+    async fn api_get(&self, path: &str, token: &str) -> Vec<u8> {
+        let request = axum::http::Request::builder()
+            .uri(path)
+            .header("authorization", format!("Bearer {token}"))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = tower::ServiceExt::oneshot(
+            controller::api::app(self.controller.state.clone()),
+            request,
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status(), axum::http::StatusCode::OK, "GET {path}");
+        axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec()
+    }
+
     async fn wait_for_event(&self, execution_id: &str, kind: &str, step_id: &str) {
         for _ in 0..600 {
             let events = self
@@ -2176,21 +2197,9 @@ async fn an_exhausted_budget_fails_the_step_with_its_own_code() {
         .create_token("admin", true)
         .await
         .unwrap();
-    let request = axum::http::Request::builder()
-        .uri(format!("/api/v1/executions/{execution_id}"))
-        .header("authorization", format!("Bearer {}", admin.token))
-        .body(axum::body::Body::empty())
-        .unwrap();
-    let response = tower::ServiceExt::oneshot(
-        controller::api::app(embedded.controller.state.clone()),
-        request,
-    )
-    .await
-    .unwrap();
-    assert_eq!(response.status(), axum::http::StatusCode::OK);
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .unwrap();
+    let bytes = embedded
+        .api_get(&format!("/api/v1/executions/{execution_id}"), &admin.token)
+        .await;
     let view: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(
         view["model_usage"],
@@ -2200,22 +2209,7 @@ async fn an_exhausted_budget_fails_the_step_with_its_own_code() {
         })
     );
     // And for Prometheus: the one completed call and its tokens.
-    let request = axum::http::Request::builder()
-        .uri("/metrics")
-        .header("authorization", format!("Bearer {}", admin.token))
-        .body(axum::body::Body::empty())
-        .unwrap();
-    let response = tower::ServiceExt::oneshot(
-        controller::api::app(embedded.controller.state.clone()),
-        request,
-    )
-    .await
-    .unwrap();
-    assert_eq!(response.status(), axum::http::StatusCode::OK);
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    let metrics = String::from_utf8(bytes.to_vec()).unwrap();
+    let metrics = String::from_utf8(embedded.api_get("/metrics", &admin.token).await).unwrap();
     for line in [
         r#"kiln_model_calls_total{provider="scripted",model="served-model",status="completed"} 1"#,
         r#"kiln_model_input_tokens_total{provider="scripted",model="served-model"} 4"#,
