@@ -1025,12 +1025,7 @@ async fn cancel_mid_step_gives_cancelled_and_removes_the_container() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_takes_the_agent_back_without_gap_or_duplicate() {
     let root = tempfile::tempdir().unwrap();
-    let first = start_embedded(root.path()).await;
-    let execution_id = first.submit(&SLEEPER.replace("SECONDS", "4")).await;
-    first
-        .wait_for_event(&execution_id, "step_started", "nap")
-        .await;
-    let _guard = first.stop().await;
+    let (execution_id, _guard) = nap_then_stop(root.path(), 4).await;
 
     // The container outlived its controller.
     let second = start_embedded(root.path()).await;
@@ -1043,8 +1038,7 @@ async fn restart_takes_the_agent_back_without_gap_or_duplicate() {
         ExecutionStatus::Succeeded
     );
     let events = all_events(&second, &execution_id).await;
-    let seqs: Vec<u64> = events.iter().map(|event| event.seq).collect();
-    assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<u64>>());
+    assert_contiguous(&events);
     let kinds = kinds(&events);
     let count = |wanted: &str| kinds.iter().filter(|(_, kind)| kind == wanted).count();
     assert_eq!(count("engine/step_started"), 2);
@@ -1113,12 +1107,7 @@ async fn restart_finishes_a_running_execution_whose_container_is_gone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_call_left_open_by_a_killed_controller_is_closed_at_the_next_start() {
     let root = tempfile::tempdir().unwrap();
-    let first = start_embedded(root.path()).await;
-    let execution_id = first.submit(&SLEEPER.replace("SECONDS", "4")).await;
-    first
-        .wait_for_event(&execution_id, "step_started", "nap")
-        .await;
-    let _guard = first.stop().await;
+    let (execution_id, _guard) = nap_then_stop(root.path(), 4).await;
     // What a controller killed in mid-call leaves behind: a row still
     // `running`, and a `model_call_started` with no end.
     let config = test_config(root.path()).await;
@@ -1144,8 +1133,7 @@ async fn a_model_call_left_open_by_a_killed_controller_is_closed_at_the_next_sta
         ExecutionStatus::Succeeded
     );
     let events = all_events(&second, &execution_id).await;
-    let seqs: Vec<u64> = events.iter().map(|event| event.seq).collect();
-    assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<u64>>());
+    assert_contiguous(&events);
     assert_eq!(
         events_of(&events, "model_call_finished"),
         vec![serde_json::json!({
@@ -1165,6 +1153,26 @@ async fn a_model_call_left_open_by_a_killed_controller_is_closed_at_the_next_sta
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].status, ModelCallStatus::Interrupted);
     second.stop().await;
+}
+
+/// Starts a controller, submits [`SLEEPER`] napping `seconds`, and stops the
+/// controller once the nap began: the container outlives it. The guard
+/// removes the container when the test ends.
+async fn nap_then_stop(root: &Path, seconds: u32) -> (String, ContainerGuard) {
+    let first = start_embedded(root).await;
+    let execution_id = first
+        .submit(&SLEEPER.replace("SECONDS", &seconds.to_string()))
+        .await;
+    first
+        .wait_for_event(&execution_id, "step_started", "nap")
+        .await;
+    (execution_id, first.stop().await)
+}
+
+/// Stored events are numbered 1..=n: no gap, no duplicate.
+fn assert_contiguous(events: &[ExecutionEvent]) {
+    let seqs: Vec<u64> = events.iter().map(|event| event.seq).collect();
+    assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<u64>>());
 }
 
 const RELEASE_APPROVAL: &str = include_str!("../../gallery/release-approval.yaml");
@@ -2495,8 +2503,7 @@ async fn a_restart_mid_model_call_asks_again_and_the_answer_arrives_once() {
     // call's answer, exactly once.
     assert_eq!(provider.requests().len(), 2);
     let events = all_events(&second, &execution_id).await;
-    let seqs: Vec<u64> = events.iter().map(|event| event.seq).collect();
-    assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<u64>>());
+    assert_contiguous(&events);
     assert_eq!(output_of(&events, "show"), "got=second answer");
     let outcomes: Vec<serde_json::Value> = events_of(&events, "model_call_finished")
         .into_iter()
